@@ -1,0 +1,67 @@
+"""disentangle_jax: disentangled representation learning with VAEs in JAX/Flax.
+
+Every loss term and prior density is importable from the top level:
+
+  from disentangle_jax import beta_tcvae_loss, LpNested, gaussian_kl
+"""
+
+from disentangle_jax.distributions import LpNested as LpNested
+from disentangle_jax.distributions import LpNestedTree as LpNestedTree
+from disentangle_jax.distributions import categorical_kl_to_uniform as categorical_kl_to_uniform
+from disentangle_jax.distributions import categorical_mode_one_hot as categorical_mode_one_hot
+from disentangle_jax.distributions import (
+  exponents_from_unconstrained as exponents_from_unconstrained,
+)
+from disentangle_jax.distributions import exponents_to_unconstrained as exponents_to_unconstrained
+from disentangle_jax.distributions import gaussian_kl as gaussian_kl
+from disentangle_jax.distributions import gaussian_kl_per_dim as gaussian_kl_per_dim
+from disentangle_jax.distributions import gaussian_log_prob as gaussian_log_prob
+from disentangle_jax.distributions import gaussian_sample as gaussian_sample
+from disentangle_jax.distributions import generalized_normal_log_prob as generalized_normal_log_prob
+from disentangle_jax.distributions import generalized_normal_sample as generalized_normal_sample
+from disentangle_jax.distributions import gumbel_softmax_sample as gumbel_softmax_sample
+from disentangle_jax.distributions import isa_layout as isa_layout
+from disentangle_jax.distributions import lp_nested_function as lp_nested_function
+from disentangle_jax.distributions import lp_nested_log_prob as lp_nested_log_prob
+from disentangle_jax.distributions import lp_nested_log_surface as lp_nested_log_surface
+from disentangle_jax.distributions import lp_nested_power as lp_nested_power
+from disentangle_jax.distributions import lp_nested_sample as lp_nested_sample
+from disentangle_jax.distributions import parse_lp_nested as parse_lp_nested
+from disentangle_jax.distributions import standard_normal_log_prob as standard_normal_log_prob
+from disentangle_jax.objectives import ElboDecomposition as ElboDecomposition
+from disentangle_jax.objectives import (
+  aggregate_posterior_covariance as aggregate_posterior_covariance,
+)
+from disentangle_jax.objectives import annealed_vae_loss as annealed_vae_loss
+from disentangle_jax.objectives import bernoulli_log_likelihood as bernoulli_log_likelihood
+from disentangle_jax.objectives import beta_from_infomax_lambda as beta_from_infomax_lambda
+from disentangle_jax.objectives import beta_tcvae_loss as beta_tcvae_loss
+from disentangle_jax.objectives import beta_vae_loss as beta_vae_loss
+from disentangle_jax.objectives import capacity_schedule as capacity_schedule
+from disentangle_jax.objectives import dataset_elbo_decomposition as dataset_elbo_decomposition
+from disentangle_jax.objectives import dip_regularizer as dip_regularizer
+from disentangle_jax.objectives import dip_vae_loss as dip_vae_loss
+from disentangle_jax.objectives import discrete_capacity_schedule as discrete_capacity_schedule
+from disentangle_jax.objectives import (
+  discriminator_total_correlation as discriminator_total_correlation,
+)
+from disentangle_jax.objectives import elbo_decomposition as elbo_decomposition
+from disentangle_jax.objectives import (
+  factor_vae_discriminator_loss as factor_vae_discriminator_loss,
+)
+from disentangle_jax.objectives import factor_vae_loss as factor_vae_loss
+from disentangle_jax.objectives import gaussian_log_likelihood as gaussian_log_likelihood
+from disentangle_jax.objectives import isa_vae_loss as isa_vae_loss
+from disentangle_jax.objectives import joint_vae_loss as joint_vae_loss
+from disentangle_jax.objectives import kl_warmup_schedule as kl_warmup_schedule
+from disentangle_jax.objectives import log_aggregate_posterior as log_aggregate_posterior
+from disentangle_jax.objectives import monte_carlo_kl as monte_carlo_kl
+from disentangle_jax.objectives import mss_log_weights as mss_log_weights
+from disentangle_jax.objectives import (
+  pairwise_gaussian_log_density as pairwise_gaussian_log_density,
+)
+from disentangle_jax.objectives import permute_dims as permute_dims
+from disentangle_jax.objectives import posterior_log_prob as posterior_log_prob
+from disentangle_jax.objectives import vae_loss as vae_loss
+
+__version__ = "0.1.0"
