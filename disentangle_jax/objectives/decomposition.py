@@ -119,12 +119,22 @@ def log_aggregate_posterior(
     Chen et al., `Isolating Sources of Disentanglement in Variational Autoencoders
     <https://arxiv.org/abs/1802.04942>`_, NeurIPS 2018.
   """
+  check_same_shape(z=z, mean=mean, log_var=log_var)
+  check_rank("z", z, 2)
   batch_size = z.shape[0]
   log_w = _aggregate_log_weights(estimator, batch_size, dataset_size).astype(z.dtype)
-  l_ijk = pairwise_gaussian_log_density(z, mean, log_var)
-  log_qz = jax.nn.logsumexp(log_w + jnp.sum(l_ijk, axis=-1), axis=1)
-  log_qzk = jax.nn.logsumexp(log_w[:, :, None] + l_ijk, axis=1)
-  return log_qz, jnp.sum(log_qzk, axis=-1)
+
+  # One latent dimension at a time: a [B, B] slice of l_ijk stays in cache, and the [B, B, K]
+  # tensor is never stored (the backward pass recomputes each slice: jax.checkpoint). Measured
+  # 6-15x faster and 16x smaller than the broadcast form at B = 2048 (BUILD_NOTES.md).
+  @jax.checkpoint
+  def one_dimension(joint, dim_inputs):
+    z_k, mean_k, log_var_k = dim_inputs
+    l_ij = gaussian_log_prob(z_k[:, None], mean_k[None, :], log_var_k[None, :])
+    return joint + l_ij, jax.nn.logsumexp(log_w + l_ij, axis=1)
+
+  joint, log_qzk = jax.lax.scan(one_dimension, jnp.zeros_like(log_w), (z.T, mean.T, log_var.T))
+  return jax.nn.logsumexp(log_w + joint, axis=1), jnp.sum(log_qzk, axis=0)
 
 
 def elbo_decomposition(
