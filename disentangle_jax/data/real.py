@@ -222,7 +222,9 @@ class TfdsGroundTruth(table.TableGroundTruth):
     ImportError: it is prepared as tfrecord and TensorFlow is not installed.
   """
 
-  def __init__(self, name: str, *, data_dir: str | os.PathLike | None = None, split=None):
+  def __init__(
+    self, name: str, *, data_dir: str | os.PathLike | None = None, split: str | None = None
+  ):
     if name not in TFDS_SPECS:
       raise ValueError(f"unknown tfds dataset {name!r}; valid names: {sorted(TFDS_SPECS)}.")
     import tensorflow_datasets as tfds  # imported here: heavy, and only these datasets need it
@@ -253,9 +255,9 @@ class TfdsGroundTruth(table.TableGroundTruth):
         # tfds's mock data sources need TensorFlow to hand out undecoded image bytes.
         labels_source = open_source(no_image2)
       logging.info("reading the labels of %d %s records", len(labels_source), name)
+      records = (labels_source[i] for i in range(len(labels_source)))
       labels = np.array(
-        [[labels_source[i][k] for k in spec.label_keys] for i in range(len(labels_source))],
-        dtype=np.int64,
+        [[record[k] for k in spec.label_keys] for record in records], dtype=np.int64
       ).reshape(-1, len(spec.label_keys))
       # Opened last: tfds's mock shares one patched source class between the two.
       image_source = open_source(no_image2)
