@@ -1,0 +1,39 @@
+"""Orbax checkpoints of the TrainState, with resume."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves the train state every so often and restores the latest one.
+
+  Saves are atomic (orbax writes a temporary folder and renames it), so a run killed during a
+  save still finds its previous checkpoint.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, *, max_to_keep: int = 2):
+    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state) -> None:
+    self._manager.save(step, args=ocp.args.StandardSave(state))
+
+  def restore_latest(self, like):
+    """The latest saved state with the structure, dtypes and shardings of `like`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self._manager.restore(self.latest_step(), args=ocp.args.StandardRestore(abstract))
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

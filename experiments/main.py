@@ -1,0 +1,26 @@
+"""Trains and evaluates one model.
+
+  python experiments/main.py --config=experiments/configs/isa_vae.py:quick --workdir=workdirs/isa
+  python experiments/main.py --config=experiments/configs/beta_vae.py --config.objective.beta=6
+
+Running the same command again resumes from the workdir's last checkpoint.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from disentangle_jax.training import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (file.py:arg).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
