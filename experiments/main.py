@@ -6,7 +6,7 @@
 Running the same command again resumes from the workdir's last checkpoint.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from disentangle_jax.training import train_and_evaluate
@@ -16,9 +16,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _not_orbax(record) -> bool:
+  """Keeps orbax's per-save INFO lines out of the progress log (warnings still show)."""
+  return record.levelno > logging.converter.STANDARD_INFO or "orbax" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_not_orbax)
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

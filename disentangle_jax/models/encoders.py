@@ -1,4 +1,4 @@
-"""Encoders: images [B, 64, 64, C] -> Gaussian posterior (and categorical logits)."""
+"""Encoders: images [B, H, W, C] -> Gaussian posterior parameters and categorical logits."""
 
 from __future__ import annotations
 
@@ -10,15 +10,31 @@ import jax.numpy as jnp
 
 
 class EncoderOutput(NamedTuple):
-  """mean, log_var: [B, K]; logits: one [B, K_i] array per categorical latent (may be empty)."""
+  """Posterior parameters from an encoder.
+
+  Attributes:
+    mean: [B, K] means of q(z|x).
+    log_var: [B, K] log variances of q(z|x).
+    logits: one [B, K_i] array of unnormalised log-probabilities per categorical latent
+      (JointVAE); the empty tuple when there are none.
+  """
 
   mean: jax.Array
   log_var: jax.Array
   logits: tuple[jax.Array, ...]
 
 
+def _check_images(x: jax.Array) -> None:
+  if x.ndim != 4:
+    raise ValueError(f"Encoders take images [B, H, W, C]; got shape {x.shape}.")
+
+
 class _Heads(nn.Module):
-  """Dense heads from features to (mean, log_var) and to each categorical latent's logits."""
+  """Dense heads: features -> (mean, log_var) and each categorical latent's logits.
+
+  One Dense of 2K units gives the Gaussian: its first K outputs are the mean, the last K the
+  log variance. Each categorical latent i gets its own Dense of K_i units.
+  """
 
   latent_dim: int
   categorical_sizes: tuple[int, ...] = ()
@@ -36,9 +52,19 @@ class _Heads(nn.Module):
 class MLPEncoder(nn.Module):
   """Chen et al.'s dSprites encoder: flatten, Dense 1200 ReLU, Dense 1200 ReLU, heads.
 
+  Architecture: [B, 64, 64, 1] -> flatten [B, 4096] -> Dense `hidden[0]` ReLU -> ... ->
+  Dense 2K (mean, log_var) and one Dense K_i per categorical latent.
+
+  Attributes:
+    latent_dim: K, the number of continuous (Gaussian) latents.
+    hidden: widths of the hidden ReLU layers.
+    categorical_sizes: K_i, the number of categories of each categorical latent.
+
   References:
     Chen et al., `Isolating Sources of Disentanglement in Variational Autoencoders
-    <https://arxiv.org/abs/1802.04942>`_, 2018.
+    <https://arxiv.org/abs/1802.04942>`_, 2018;
+    Dupont, `Learning Disentangled Joint Continuous and Discrete Representations
+    <https://arxiv.org/abs/1804.00104>`_, 2018 (categorical heads).
   """
 
   latent_dim: int
@@ -47,21 +73,39 @@ class MLPEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> EncoderOutput:
+    """Encodes a batch.
+
+    Args:
+      x: [B, H, W, C] images in [0, 1].
+
+    Returns:
+      `EncoderOutput` with mean and log_var [B, K] and logits ([B, K_i], ...).
+    """
+    _check_images(x)
     h = x.reshape(x.shape[0], -1)
     for width in self.hidden:
       h = nn.relu(nn.Dense(width)(h))
-    return _Heads(self.latent_dim, self.categorical_sizes)(h)
+    return _Heads(self.latent_dim, tuple(self.categorical_sizes))(h)
 
 
 class ConvEncoder(nn.Module):
   """disentanglement_lib's encoder: Conv 32 k4 s2, 32 k4 s2, 64 k2 s2, 64 k2 s2, Dense 256.
 
-  All ReLU, "SAME" padding: 64 -> 32 -> 16 -> 8 -> 4, then 4*4*64 = 1024 features.
-  `kernel_sizes=(4, 4, 4, 4)` is the all-k4 variant many reimplementations use.
+  Architecture: every layer ReLU, convolutions stride 2 with "SAME" padding, so the feature maps
+  go 64 -> 32 -> 16 -> 8 -> 4; flatten 4*4*64 = 1024 -> Dense 256 ReLU -> Dense 2K (mean,
+  log_var) and one Dense K_i per categorical latent. `kernel_sizes=(4, 4, 4, 4)` is the all-k4
+  variant many reimplementations use (same shapes, more weights).
+
+  Attributes:
+    latent_dim: K, the number of continuous (Gaussian) latents.
+    categorical_sizes: K_i, the number of categories of each categorical latent.
+    kernel_sizes: the four convolutions' kernel sizes.
 
   References:
     Locatello et al., `Challenging Common Assumptions in the Unsupervised Learning of
-    Disentangled Representations <https://arxiv.org/abs/1811.12359>`_, 2019.
+    Disentangled Representations <https://arxiv.org/abs/1811.12359>`_, 2019;
+    Dupont, `Learning Disentangled Joint Continuous and Discrete Representations
+    <https://arxiv.org/abs/1804.00104>`_, 2018 (categorical heads).
   """
 
   latent_dim: int
@@ -70,8 +114,19 @@ class ConvEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> EncoderOutput:
+    """Encodes a batch.
+
+    Args:
+      x: [B, 64, 64, C] images in [0, 1].
+
+    Returns:
+      `EncoderOutput` with mean and log_var [B, K] and logits ([B, K_i], ...).
+    """
+    _check_images(x)
+    if len(self.kernel_sizes) != 4:
+      raise ValueError(f"ConvEncoder needs 4 kernel sizes; got {self.kernel_sizes}.")
     h = x
     for features, k in zip((32, 32, 64, 64), self.kernel_sizes, strict=True):
       h = nn.relu(nn.Conv(features, (k, k), strides=(2, 2), padding="SAME")(h))
     h = nn.relu(nn.Dense(256)(h.reshape(h.shape[0], -1)))
-    return _Heads(self.latent_dim, self.categorical_sizes)(h)
+    return _Heads(self.latent_dim, tuple(self.categorical_sizes))(h)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from disentangle_jax.models.decoders import ConvDecoder, MLPDecoder
 from disentangle_jax.models.encoders import ConvEncoder, MLPEncoder
@@ -18,20 +21,54 @@ ENCODERS = {
 DECODERS = {"mlp": MLPDecoder, "conv": ConvDecoder}
 
 
-def make_encoder(name: str, *, latent_dim: int, categorical_sizes=(), **kwargs) -> nn.Module:
-  """The encoder called `name` ("mlp", "conv" or "conv_k4")."""
+def _tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
+  # Config lists become tuples so module attributes stay hashable.
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def make_encoder(
+  name: str, *, latent_dim: int, categorical_sizes: Sequence[int] = (), **kwargs
+) -> nn.Module:
+  """The encoder called `name`: "mlp", "conv" or "conv_k4" (all-k4 convolutions).
+
+  Args:
+    name: key of `ENCODERS`.
+    latent_dim: K, the number of Gaussian latents.
+    categorical_sizes: the number of categories of each categorical latent (JointVAE).
+    **kwargs: further attributes of the module, e.g. `hidden` for "mlp".
+
+  Returns:
+    A Flax module mapping [B, 64, 64, C] images to an `EncoderOutput`.
+
+  Raises:
+    ValueError: for an unknown name.
+  """
   if name not in ENCODERS:
-    raise ValueError(f"Unknown encoder {name!r}; valid: {', '.join(ENCODERS)}.")
-  return ENCODERS[name](latent_dim=latent_dim, categorical_sizes=tuple(categorical_sizes), **kwargs)
+    raise ValueError(f"Unknown encoder {name!r}; valid names: {', '.join(ENCODERS)}.")
+  sizes = tuple(int(s) for s in categorical_sizes)
+  return ENCODERS[name](latent_dim=latent_dim, categorical_sizes=sizes, **_tuples(kwargs))
 
 
-def make_decoder(name: str, *, output_shape, **kwargs) -> nn.Module:
-  """The decoder called `name` ("mlp" or "conv") producing [B, *output_shape]."""
+def make_decoder(name: str, *, output_shape: Sequence[int], **kwargs) -> nn.Module:
+  """The decoder called `name`: "mlp" or "conv".
+
+  Args:
+    name: key of `DECODERS`.
+    output_shape: shape of one observation, e.g. (64, 64, 1).
+    **kwargs: further attributes of the module, e.g. `hidden` for "mlp".
+
+  Returns:
+    A Flax module mapping [B, D] codes to [B, *output_shape] logits.
+
+  Raises:
+    ValueError: for an unknown name.
+  """
   if name not in DECODERS:
-    raise ValueError(f"Unknown decoder {name!r}; valid: {', '.join(DECODERS)}.")
-  return DECODERS[name](output_shape=tuple(output_shape), **kwargs)
+    raise ValueError(f"Unknown decoder {name!r}; valid names: {', '.join(DECODERS)}.")
+  shape = tuple(int(s) for s in output_shape)
+  return DECODERS[name](output_shape=shape, **_tuples(kwargs))
 
 
-def count_params(params) -> int:
-  """Number of scalars in a parameter pytree."""
-  return sum(leaf.size for leaf in jax.tree.leaves(params))
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter pytree (e.g. the result of `module.init`)."""
+  return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))

@@ -16,6 +16,7 @@ References:
   <https://arxiv.org/abs/1802.04942>`_, NeurIPS 2018.
 """
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -207,6 +208,7 @@ def _dataset_log_marginals(
   return lse_joint - log_n, lse_dims - log_n
 
 
+@functools.partial(jax.jit, static_argnames=("num_samples", "chunk_size", "log_prior_fn"))
 def dataset_elbo_decomposition(
   key: jax.Array,
   mean: jax.Array,

@@ -1,0 +1,299 @@
+"""Tests for the encoders, decoders, FactorVAE discriminator and the model registry."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from disentangle_jax import models
+
+K = 10  # latent size of the field's dSprites set-ups (Locatello et al.)
+
+
+def _images(channels: int, batch: int = 2, seed: int = 0) -> jax.Array:
+  return jax.random.uniform(jax.random.key(seed), (batch, 64, 64, channels), jnp.float32)
+
+
+def _codes(dim: int, batch: int = 2, seed: int = 1) -> jax.Array:
+  return jax.random.normal(jax.random.key(seed), (batch, dim), jnp.float32)
+
+
+def _init_apply(module, x, seed: int = 0):
+  params = module.init(jax.random.key(seed), x)
+  return params, module.apply(params, x)
+
+
+def _output_spec(module, x):
+  """Shapes and dtypes of the params and outputs, traced without computing (fast)."""
+  return jax.eval_shape(lambda x: _init_apply(module, x), x)
+
+
+def _intermediate_shapes(module, x, prefix: str, count: int) -> list[tuple[int, ...]]:
+  """Output shapes of the submodules `{prefix}_0` .. `{prefix}_{count-1}`, traced only."""
+
+  def run(x):
+    params = module.init(jax.random.key(0), x)
+    return module.apply(params, x, capture_intermediates=True, mutable=["intermediates"])[1]
+
+  state = jax.eval_shape(run, x)["intermediates"]
+  return [state[f"{prefix}_{i}"]["__call__"][0].shape for i in range(count)]
+
+
+# Small versions of every network (and its input) for the jit / vmap / gradient checks.
+_NETWORKS = {
+  "mlp_encoder": lambda: (
+    models.MLPEncoder(K, hidden=(32, 32), categorical_sizes=(3,)),
+    _images(1),
+  ),
+  "conv_encoder": lambda: (models.ConvEncoder(K, categorical_sizes=(3,)), _images(3)),
+  "conv_k4_encoder": lambda: (models.make_encoder("conv_k4", latent_dim=K), _images(1)),
+  "mlp_decoder": lambda: (models.MLPDecoder((64, 64, 1), hidden=(32, 32, 32)), _codes(K + 3)),
+  "conv_decoder": lambda: (models.ConvDecoder((64, 64, 3)), _codes(K)),
+  "discriminator": lambda: (models.FactorVAEDiscriminator(hidden=32), _codes(K)),
+}
+
+
+class EncoderTest(parameterized.TestCase):
+  @parameterized.product(
+    name=("mlp", "conv", "conv_k4"), channels=(1, 3), categorical_sizes=((), (3,), (3, 4))
+  )
+  def test_output_shapes_and_dtypes(self, name, channels, categorical_sizes):
+    """mean/log_var are float32 [B, K]; one float32 [B, K_i] logits array per categorical."""
+    encoder = models.make_encoder(name, latent_dim=K, categorical_sizes=categorical_sizes)
+    _, out = _output_spec(encoder, _images(channels, batch=3))
+    self.assertIsInstance(out, models.EncoderOutput)
+    chex.assert_shape([out.mean, out.log_var], (3, K))
+    self.assertLen(out.logits, len(categorical_sizes))
+    for logits, size in zip(out.logits, categorical_sizes, strict=True):
+      chex.assert_shape(logits, (3, size))
+    chex.assert_type([out.mean, out.log_var, *out.logits], jnp.float32)
+
+  def test_conv_feature_maps_halve_to_4x4(self):
+    """The four stride-2 convolutions give 32 -> 16 -> 8 -> 4, flattened to 4*4*64 = 1024."""
+    encoder = models.ConvEncoder(K)
+    sizes = _intermediate_shapes(encoder, _images(1), "Conv", 4)
+    self.assertEqual(sizes, [(2, 32, 32, 32), (2, 16, 16, 32), (2, 8, 8, 64), (2, 4, 4, 64)])
+    params, _ = _output_spec(encoder, _images(1))
+    chex.assert_shape(params["params"]["Dense_0"]["kernel"], (4 * 4 * 64, 256))
+
+  @parameterized.named_parameters(
+    (
+      "mlp_k10_c1",
+      "mlp",
+      1,
+      (),
+      (64 * 64 * 1 * 1200 + 1200) + (1200 * 1200 + 1200) + (1200 * 2 * K + 2 * K),
+    ),
+    (
+      "mlp_k10_c3_cat3",
+      "mlp",
+      3,
+      (3,),
+      (64 * 64 * 3 * 1200 + 1200) + (1200 * 1200 + 1200) + (1200 * 2 * K + 2 * K) + (1200 * 3 + 3),
+    ),
+    (
+      "conv_k10_c1",
+      "conv",
+      1,
+      (),
+      (4 * 4 * 1 * 32 + 32)
+      + (4 * 4 * 32 * 32 + 32)
+      + (2 * 2 * 32 * 64 + 64)
+      + (2 * 2 * 64 * 64 + 64)
+      + (4 * 4 * 64 * 256 + 256)
+      + (256 * 2 * K + 2 * K),
+    ),
+    (
+      "conv_k10_c3_cat3_cat4",
+      "conv",
+      3,
+      (3, 4),
+      (4 * 4 * 3 * 32 + 32)
+      + (4 * 4 * 32 * 32 + 32)
+      + (2 * 2 * 32 * 64 + 64)
+      + (2 * 2 * 64 * 64 + 64)
+      + (4 * 4 * 64 * 256 + 256)
+      + (256 * 2 * K + 2 * K)
+      + (256 * 3 + 3)
+      + (256 * 4 + 4),
+    ),
+    (
+      "conv_k4_k10_c1",
+      "conv_k4",
+      1,
+      (),
+      (4 * 4 * 1 * 32 + 32)
+      + (4 * 4 * 32 * 32 + 32)
+      + (4 * 4 * 32 * 64 + 64)
+      + (4 * 4 * 64 * 64 + 64)
+      + (4 * 4 * 64 * 256 + 256)
+      + (256 * 2 * K + 2 * K),
+    ),
+  )
+  def test_parameter_count(self, name, channels, categorical_sizes, expected):
+    """The parameter count equals the hand count: sum over layers of fan_in * fan_out + bias."""
+    encoder = models.make_encoder(name, latent_dim=K, categorical_sizes=categorical_sizes)
+    params = jax.eval_shape(encoder.init, jax.random.key(0), _images(channels, batch=1))
+    self.assertEqual(models.count_params(params), expected)
+
+  def test_rejects_non_image_input(self):
+    """A [B, D] input to an encoder raises ValueError naming the shape."""
+    with self.assertRaisesRegex(ValueError, r"\(2, 4096\)"):
+      models.MLPEncoder(K).init(jax.random.key(0), jnp.zeros((2, 4096)))
+
+
+class DecoderTest(parameterized.TestCase):
+  @parameterized.product(name=("mlp", "conv"), channels=(1, 3), code_dim=(K, K + 3))
+  def test_output_shape_and_dtype(self, name, channels, code_dim):
+    """A [B, D] code becomes float32 logits [B, 64, 64, C], for K and K + sum K_i inputs."""
+    decoder = models.make_decoder(name, output_shape=(64, 64, channels))
+    _, out = _output_spec(decoder, _codes(code_dim, batch=3))
+    chex.assert_shape(out, (3, 64, 64, channels))
+    chex.assert_type(out, jnp.float32)
+
+  def test_conv_feature_maps_double_to_64x64(self):
+    """The four stride-2 transposed convolutions give 8 -> 16 -> 32 -> 64 from the 4x4x64 map."""
+    sizes = _intermediate_shapes(models.ConvDecoder((64, 64, 1)), _codes(K), "ConvTranspose", 4)
+    self.assertEqual(sizes, [(2, 8, 8, 64), (2, 16, 16, 32), (2, 32, 32, 32), (2, 64, 64, 1)])
+
+  @parameterized.named_parameters(
+    (
+      "mlp_c1",
+      "mlp",
+      1,
+      (K * 1200 + 1200) + 2 * (1200 * 1200 + 1200) + (1200 * 64 * 64 * 1 + 64 * 64 * 1),
+    ),
+    (
+      "conv_c1",
+      "conv",
+      1,
+      (K * 256 + 256)
+      + (256 * 1024 + 1024)
+      + (4 * 4 * 64 * 64 + 64)
+      + (4 * 4 * 64 * 32 + 32)
+      + (4 * 4 * 32 * 32 + 32)
+      + (4 * 4 * 32 * 1 + 1),
+    ),
+    (
+      "conv_c3",
+      "conv",
+      3,
+      (K * 256 + 256)
+      + (256 * 1024 + 1024)
+      + (4 * 4 * 64 * 64 + 64)
+      + (4 * 4 * 64 * 32 + 32)
+      + (4 * 4 * 32 * 32 + 32)
+      + (4 * 4 * 32 * 3 + 3),
+    ),
+  )
+  def test_parameter_count(self, name, channels, expected):
+    """The parameter count equals the hand count for a K = 10 code."""
+    decoder = models.make_decoder(name, output_shape=(64, 64, channels))
+    params = jax.eval_shape(decoder.init, jax.random.key(0), _codes(K, batch=1))
+    self.assertEqual(models.count_params(params), expected)
+
+  def test_conv_decoder_rejects_other_sizes(self):
+    """ConvDecoder only produces 64x64 images: another output_shape raises ValueError."""
+    with self.assertRaisesRegex(ValueError, "64, 64"):
+      models.ConvDecoder((32, 32, 1)).init(jax.random.key(0), _codes(K))
+
+
+class DiscriminatorTest(parameterized.TestCase):
+  def test_output_shape_and_parameter_count(self):
+    """[B, K] samples give float32 [B, 2] logits; 6 hidden layers of 1000 units, hand-counted."""
+    disc = models.FactorVAEDiscriminator()
+    params, out = _init_apply(disc, _codes(K, batch=3))
+    chex.assert_shape(out, (3, 2))
+    chex.assert_type(out, jnp.float32)
+    expected = (K * 1000 + 1000) + 5 * (1000 * 1000 + 1000) + (1000 * 2 + 2)
+    self.assertEqual(models.count_params(params), expected)
+
+  def test_leaky_relu_slope(self):
+    """With identity weights and zero biases, a negative input is scaled by 0.2 per layer."""
+    disc = models.FactorVAEDiscriminator(hidden=2, num_layers=3)
+    z = jnp.array([[-1.0, 2.0]])
+    params = disc.init(jax.random.key(0), z)
+    params = jax.tree.map(
+      lambda p: jnp.eye(2, dtype=p.dtype) if p.ndim == 2 else jnp.zeros_like(p), params
+    )
+    np.testing.assert_allclose(disc.apply(params, z), [[-(0.2**3), 2.0]], rtol=1e-6)
+
+
+class TransformTest(chex.TestCase):
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(*((name, name) for name in _NETWORKS))
+  def test_jit_matches_eager(self, network):
+    """The same params give the same outputs with and without jax.jit (up to float32 rounding)."""
+    module, x = _NETWORKS[network]()
+    params = module.init(jax.random.key(0), x)
+    expected = module.apply(params, x)
+    chex.assert_trees_all_close(self.variant(module.apply)(params, x), expected, rtol=1e-5)
+
+  @parameterized.named_parameters(*((name, name) for name in _NETWORKS))
+  def test_vmap_over_seeds(self, network):
+    """vmap over a stack of independently initialised params equals applying each separately."""
+    module, x = _NETWORKS[network]()
+    per_seed = [module.init(key, x) for key in jax.random.split(jax.random.key(0), 3)]
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), *per_seed)
+    batched = jax.jit(jax.vmap(module.apply, in_axes=(0, None)))(stacked, x)
+    for i, params in enumerate(per_seed):
+      chex.assert_trees_all_close(
+        jax.tree.map(lambda y, i=i: y[i], batched), module.apply(params, x), rtol=1e-5, atol=1e-6
+      )
+
+  @parameterized.named_parameters(
+    ("mlp_encoder", "mlp_encoder"), ("discriminator", "discriminator")
+  )
+  def test_vmapped_init_matches_per_seed_init(self, network):
+    """init under vmap over keys gives the same params as initialising seed by seed."""
+    module, x = _NETWORKS[network]()
+    keys = jax.random.split(jax.random.key(0), 3)
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), *(module.init(key, x) for key in keys))
+    chex.assert_trees_all_equal(jax.vmap(module.init, in_axes=(0, None))(keys, x), stacked)
+
+  @parameterized.named_parameters(*((name, name) for name in _NETWORKS))
+  def test_gradients_finite(self, network):
+    """Gradients of a scalar of the outputs w.r.t. every parameter and the input are finite."""
+    module, x = _NETWORKS[network]()
+    params = module.init(jax.random.key(0), x)
+
+    def scalar(params, x):
+      return sum(jnp.sum(jnp.sin(y)) for y in jax.tree.leaves(module.apply(params, x)))
+
+    grads = jax.jit(jax.grad(scalar, argnums=(0, 1)))(params, x)
+    chex.assert_tree_all_finite(grads)
+    chex.assert_trees_all_equal_shapes(grads, (params, x))
+    self.assertGreater(sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads[0])), 0.0)
+
+
+class RegistryTest(parameterized.TestCase):
+  @parameterized.named_parameters(
+    ("encoder", models.make_encoder, {"latent_dim": K}, "mlp, conv, conv_k4"),
+    ("decoder", models.make_decoder, {"output_shape": (64, 64, 1)}, "mlp, conv"),
+  )
+  def test_unknown_name_lists_valid_names(self, make, kwargs, valid):
+    """An unknown name raises ValueError listing every valid name."""
+    with self.assertRaisesRegex(ValueError, f"'resnet'.*{valid}"):
+      make("resnet", **kwargs)
+
+  def test_names_pick_modules(self):
+    """Names map to the documented modules; conv_k4 uses k4 for all four convolutions."""
+    self.assertIsInstance(models.make_encoder("mlp", latent_dim=K), models.MLPEncoder)
+    self.assertIsInstance(models.make_decoder("conv", output_shape=(64, 64, 1)), models.ConvDecoder)
+    self.assertEqual(models.make_encoder("conv", latent_dim=K).kernel_sizes, (4, 4, 2, 2))
+    self.assertEqual(models.make_encoder("conv_k4", latent_dim=K).kernel_sizes, (4, 4, 4, 4))
+
+  def test_config_lists_become_tuples(self):
+    """List-valued arguments (as read from a config) are stored as tuples."""
+    encoder = models.make_encoder("mlp", latent_dim=K, categorical_sizes=[3], hidden=[8, 8])
+    self.assertEqual((encoder.categorical_sizes, encoder.hidden), ((3,), (8, 8)))
+
+  def test_count_params(self):
+    """count_params sums the sizes of all leaves of a nested pytree."""
+    tree = {"a": np.zeros((3, 4)), "b": [jnp.zeros(5), {"c": jnp.zeros(())}]}
+    self.assertEqual(models.count_params(tree), 12 + 5 + 1)
+
+
+if __name__ == "__main__":
+  absltest.main()
