@@ -181,3 +181,47 @@ def test_eight_devices_give_the_same_step_as_one():
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "devices 8" in result.stdout and "OK" in result.stdout
+
+
+_DRIVER = textwrap.dedent(
+  """
+  import sys
+  from disentangle_jax.training import train_and_evaluate
+  from tests.training.test_train import tiny
+  train_and_evaluate(tiny("beta_tcvae", num_steps=30, checkpoint_every=5, log_every=5),
+                     sys.argv[1])
+  """
+)
+
+
+def test_a_killed_run_resumes_to_the_same_parameters(tmp_path):
+  """SIGKILL a run after its first checkpoint; rerunning the same command ends where an
+  uninterrupted run ends (bitwise on CPU), and no finished step is lost."""
+  import os
+  import signal
+  import time
+
+  run = lambda workdir: subprocess.Popen(  # noqa: E731
+    [sys.executable, "-c", _DRIVER, str(workdir)],
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  assert run(tmp_path / "whole").wait(timeout=300) == 0
+
+  victim = run(tmp_path / "killed")
+  checkpoints = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 300
+  while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    assert victim.poll() is None and time.time() < deadline, "run ended before a checkpoint"
+    time.sleep(0.05)
+  os.kill(victim.pid, signal.SIGKILL)
+  victim.wait()
+  saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+  assert saved and saved[-1] < 30, saved
+
+  assert run(tmp_path / "killed").wait(timeout=300) == 0
+  step_a, state_a = _final_params(tmp_path / "whole")
+  step_b, state_b = _final_params(tmp_path / "killed")
+  assert step_a == step_b == 30
+  jax.tree.map(np.testing.assert_array_equal, state_a["params"], state_b["params"])
