@@ -6,6 +6,7 @@
 Running the same command again resumes from the workdir's last checkpoint.
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -13,6 +14,9 @@ from disentangle_jax.training import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (file.py:arg).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and results.")
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed", False, "Call jax.distributed.initialize() first (one process per host)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,6 +29,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_not_orbax)
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()  # coordinator and process ids from the cluster's environment
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
