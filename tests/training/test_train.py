@@ -12,7 +12,7 @@ import pytest
 
 from disentangle_jax.training import NonFiniteError, train_and_evaluate
 from disentangle_jax.training.checkpoint import Checkpointer
-from tests.training.test_config import load
+from tests.training.test_config import CONFIG_NAMES, load
 
 REPO = pathlib.Path(__file__).parents[2]
 
@@ -35,21 +35,7 @@ def tiny(name: str, **overrides):
   return config.lock()
 
 
-@pytest.mark.parametrize(
-  "name",
-  [
-    "vae",
-    "beta_vae",
-    "annealed_vae",
-    "beta_tcvae",
-    "factor_vae",
-    "dip_vae_i",
-    "dip_vae_ii",
-    "joint_vae",
-    "isa_vae",
-    "isa_beta_tcvae",
-  ],
-)
+@pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_every_objective_trains_and_evaluates(name, tmp_path):
   results = train_and_evaluate(tiny(name), str(tmp_path))
   for key in ("log_likelihood", "kl", "elbo", "mi", "tc", "dwkl", "active_units"):
