@@ -24,6 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from disentangle_jax.distributions.gaussian import gaussian_log_prob
+from disentangle_jax.distributions.gaussian_mixture import (
+  gaussian_mixture_log_marginals,
+  per_dimension_groups,
+)
 from disentangle_jax.objectives._checks import check_batch, check_rank, check_same_shape
 
 ESTIMATORS = ("mws", "mss")
@@ -180,32 +184,11 @@ def elbo_decomposition(
 def _dataset_log_marginals(
   z: jax.Array, mean: jax.Array, log_var: jax.Array, chunk_size: int
 ) -> tuple[jax.Array, jax.Array]:
-  """Exact log q(z_s) [S] and log q(z_sk) [S, K] under the mixture of all N posteriors.
-
-  Scans over chunks of the N posteriors with a running log-sum-exp, so memory is S x chunk x K.
-  """
-  num_examples, k = mean.shape
-  num_chunks = -(-num_examples // chunk_size)
-  pad = num_chunks * chunk_size - num_examples
-  # The last chunk is padded with dummy posteriors, masked to log-density -inf in `step`.
-  valid = jnp.arange(num_chunks * chunk_size) < num_examples
-  mean_c = jnp.pad(mean, ((0, pad), (0, 0))).reshape(num_chunks, chunk_size, k)
-  log_var_c = jnp.pad(log_var, ((0, pad), (0, 0))).reshape(num_chunks, chunk_size, k)
-  valid_c = valid.reshape(num_chunks, chunk_size)
-
-  def step(carry, chunk):
-    lse_joint, lse_dims = carry
-    m, lv, ok = chunk
-    l_snk = gaussian_log_prob(z[:, None, :], m[None], lv[None])  # [S, chunk, K]
-    l_snk = jnp.where(ok[None, :, None], l_snk, -jnp.inf)
-    lse_joint = jnp.logaddexp(lse_joint, jax.nn.logsumexp(jnp.sum(l_snk, -1), axis=1))
-    lse_dims = jnp.logaddexp(lse_dims, jax.nn.logsumexp(l_snk, axis=1))
-    return (lse_joint, lse_dims), None
-
-  init = (jnp.full(z.shape[:1], -jnp.inf, z.dtype), jnp.full(z.shape, -jnp.inf, z.dtype))
-  (lse_joint, lse_dims), _ = jax.lax.scan(step, init, (mean_c, log_var_c, valid_c))
-  log_n = jnp.log(jnp.asarray(num_examples, z.dtype))
-  return lse_joint - log_n, lse_dims - log_n
+  """Exact log q(z_s) [S] and log q(z_sk) [S, K] under the mixture of all N posteriors."""
+  k = z.shape[-1]
+  groups = per_dimension_groups(k) + (tuple(range(k)),)
+  log_q = gaussian_mixture_log_marginals(z, mean, log_var, groups=groups, chunk_size=chunk_size)
+  return log_q[:, k], log_q[:, :k]
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples", "chunk_size", "log_prior_fn"))
@@ -215,7 +198,7 @@ def dataset_elbo_decomposition(
   log_var: jax.Array,
   *,
   num_samples: int = 10_000,
-  chunk_size: int = 4096,
+  chunk_size: int = 1024,
   log_prior_fn=None,
 ) -> dict[str, jax.Array]:
   """Whole-dataset ELBO decomposition, for evaluating a trained encoder.
