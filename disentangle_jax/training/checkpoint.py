@@ -26,10 +26,21 @@ class Checkpointer:
   def save(self, step: int, state) -> None:
     self._manager.save(step, args=ocp.args.StandardSave(state))
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
   def restore_latest(self, like):
     """The latest saved state with the structure, dtypes and shardings of `like`."""
+    return self.restore(self.latest_step(), like)
+
+  def restore(self, step: int, like):
+    """The state saved at `step`, with the structure, dtypes and shardings of `like`."""
+    if step not in self.all_steps():
+      raise FileNotFoundError(
+        f"No checkpoint of step {step} in {self.directory}; saved steps: {self.all_steps()}."
+      )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return self._manager.restore(self.latest_step(), args=ocp.args.StandardRestore(abstract))
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

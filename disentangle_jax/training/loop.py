@@ -18,6 +18,7 @@ from disentangle_jax.training.checkpoint import Checkpointer
 from disentangle_jax.training.evaluate import evaluate
 from disentangle_jax.training.losses import make_loss_fn
 from disentangle_jax.training.metrics_writer import MetricsWriter
+from disentangle_jax.training.report import write_report
 from disentangle_jax.training.train_step import create_train_state, jit_train_step, make_train_step
 
 
@@ -126,8 +127,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.close()
 
   # ---------------------------------------------------------------- evaluation
+  return _evaluate_and_report(config, networks, state, dataset, workdir)
+
+
+def _evaluate_and_report(config, networks, state, dataset, workdir: pathlib.Path) -> dict:
   results = evaluate(config, networks, state.params, dataset)
   results["step"] = int(state.step)
   (workdir / "eval.json").write_text(json.dumps(results, indent=2))
   logging.info("evaluation: %s", json.dumps(results))
+  if config.eval.report:
+    summary = write_report(config, networks, state.params, dataset, workdir, evaluation=results)
+    results["scores"] = summary["scores"]
   return results
+
+
+def evaluate_checkpoint(
+  workdir: str, config: ml_collections.ConfigDict | None = None, *, step: int | None = None
+) -> dict[str, float]:
+  """Evaluates a saved run: eval.json and the report (metrics, pictures) of one checkpoint.
+
+  Args:
+    workdir: the run's folder (checkpoints/ and config.json).
+    config: the run's config; by default the one it saved (`workdir/config.json`), whose
+      evaluation settings can be changed here (e.g. `config.eval.metrics`).
+    step: the checkpoint; by default the latest.
+
+  Returns:
+    The evaluation results with the headline scores under "scores".
+  """
+  workdir = pathlib.Path(workdir)
+  config = config_lib.validate(config or config_lib.load_saved_config(workdir / "config.json"))
+  checkpointer = Checkpointer(workdir)
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(
+      f"No checkpoint in {checkpointer.directory}: train first "
+      f"(python experiments/main.py --config=... --workdir={workdir})."
+    )
+  dataset = data.get_dataset(config.dataset, **config.dataset_kwargs)
+  networks = model_lib.build_networks(config, dataset.observation_shape)
+  params, disc_params = model_lib.init_params(
+    config, networks, jax.random.key(config.seed), dataset.observation_shape
+  )
+  like = create_train_state(
+    params,
+    disc_params,
+    model_lib.make_optimizer(config, params),
+    model_lib.make_discriminator_optimizer(config),
+  )
+  state = checkpointer.restore(step, like)
+  checkpointer.close()
+  logging.info("evaluating the checkpoint of step %d in %s", step, checkpointer.directory)
+  return _evaluate_and_report(config, networks, state, dataset, workdir)

@@ -1,0 +1,202 @@
+"""Multi-seed training: K models, one per seed, trained by one compiled (vmapped) program.
+
+A seed sweep usually runs the same config K times with different `config.seed`. Here the K
+models live in one `TrainState` whose leaves carry a leading axis [K, ...], and one jitted step
+updates all of them: `jax.vmap` of the single-model `train_step` over (state, rng), with the
+batch shared. Each model's initial parameters are bitwise those of a single run with
+`config.seed = seed`, and its per-step PRNG key is the single run's `fold_in(key(seed), 1)`, so
+slice k follows the single run of seed k up to float32 rounding (vmap may change the order of
+reductions).
+
+Data order: a single run draws its batches in an order that depends on `config.seed`; here all K
+models see the same batches (those of the caller's iterator, normally the first seed's order).
+The seeds vary the initialisation and the sampling noise (reparameterisation samples, FactorVAE's
+permutations), not the data order, which is how vmapped sweeps usually work.
+
+  states, tx, disc_tx = init_states(config, networks, seeds, observation_shape)
+  step = make_multi_seed_train_step(make_train_step(loss_fn, tx, disc_tx, networks.discriminator))
+  step = jit_multi_seed_train_step(step, mesh, states)
+  rngs = step_rngs(seeds)
+  for batch in batches:
+    states, metrics = step(states, batch, rngs)  # metrics: each [K]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from disentangle_jax.training import model as model_lib
+from disentangle_jax.training.train_step import TrainState, create_train_state
+
+
+def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+  seeds = tuple(int(s) for s in seeds)
+  if not seeds:
+    raise ValueError("seeds is empty: give at least one seed.")
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds must be distinct, got {seeds}.")
+  return seeds
+
+
+def stack(trees: Sequence) -> object:
+  """Stacks pytrees of identical structure on a new leading axis.
+
+  Args:
+    trees: K pytrees with the same structure and leaf shapes.
+
+  Returns:
+    One pytree whose leaves are [K, *leaf.shape].
+  """
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack(tree, index: int):
+  """Slice `index` of a stacked pytree: the state (or metrics) of one model.
+
+  Args:
+    tree: a pytree whose leaves are [K, ...].
+    index: which model, in [0, K).
+
+  Returns:
+    The pytree of leaves [...] of model `index`.
+  """
+  return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def step_rngs(seeds: Sequence[int]) -> jax.Array:
+  """The per-step PRNG keys: `fold_in(jax.random.key(seed), 1)` for each seed, as in a single run.
+
+  Args:
+    seeds: K distinct non-negative ints.
+
+  Returns:
+    Typed key array [K]; `train_step` folds in the step number of each model.
+  """
+  seeds = _check_seeds(seeds)
+  return jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seeds])
+
+
+def init_states(
+  config: ml_collections.ConfigDict,
+  networks: model_lib.Networks,
+  seeds: Sequence[int],
+  observation_shape,
+) -> tuple[TrainState, optax.GradientTransformation, optax.GradientTransformation]:
+  """K initial train states, one per seed, stacked on a leading axis.
+
+  Each model is initialised exactly as `train_and_evaluate` initialises a run with
+  `config.seed = seed` (`init_params` with `jax.random.key(seed)`, called the same way), then the
+  K states are stacked, so every slice is bitwise the single run's initial state. (Stacking the
+  per-seed results, rather than vmapping `init_params`, is what guarantees bitwise equality; the
+  K initialisations cost a fraction of one training step each.)
+
+  Args:
+    config: the run's config; `config.seed` is ignored in favour of `seeds`.
+    networks: from `model.build_networks(config, observation_shape)`.
+    seeds: K distinct non-negative ints.
+    observation_shape: shape of one observation, e.g. (64, 64, 1).
+
+  Returns:
+    (state, tx, disc_tx): the stacked `TrainState` (step [K], every parameter and optimizer leaf
+    [K, ...]), and the model and discriminator optimizers, which are the same for every seed
+    (they depend on the parameters' structure only).
+  """
+  seeds = _check_seeds(seeds)
+  disc_tx = model_lib.make_discriminator_optimizer(config)
+  states, tx = [], None
+  for seed in seeds:
+    params, disc_params = model_lib.init_params(
+      config, networks, jax.random.key(seed), observation_shape
+    )
+    if tx is None:
+      tx = model_lib.make_optimizer(config, params)
+    states.append(create_train_state(params, disc_params, tx, disc_tx))
+  return stack(states), tx, disc_tx
+
+
+def make_multi_seed_train_step(train_step, broadcast_batch: bool = False):
+  """Vmaps a pure single-model train step over K models that share the batch.
+
+  Args:
+    train_step: `(state, batch, rng) -> (state, metrics)` from `train_step.make_train_step`.
+    broadcast_batch: False: `jax.vmap(train_step, in_axes=(0, None, 0))`, the batch enters
+      unbatched. True: the batch is broadcast to [K, B, ...] inside the step and every input is
+      vmapped. The results are the same (up to float32 summation order) and so is the caller's
+      API. On the CPU (XLA 0.10), the unbatched batch makes the first layer a product of a
+      shared matrix with K stacked weights, and the MLP step then spends its time copying
+      transposed weights and gradients; broadcasting made the K = 2..4 MLP step about 2x faster
+      there, and did not change the conv step (benchmarks/bench_multi_seed.py
+      --broadcast-batch).
+
+  Returns:
+    `(states, batch, rngs) -> (states, metrics)`: states with leaves [K, ...], one batch (e.g.
+    images [B, H, W, C]) seen by every model, rngs a key array [K] (`step_rngs`); every metric
+    comes back as [K].
+  """
+  if not broadcast_batch:
+    return jax.vmap(train_step, in_axes=(0, None, 0))
+  vmapped = jax.vmap(train_step)
+
+  def multi_seed_train_step(states, batch, rngs):
+    num_models = rngs.shape[0]
+    batch = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_models, *x.shape)), batch)
+    return vmapped(states, batch, rngs)
+
+  return multi_seed_train_step
+
+
+def jit_multi_seed_train_step(
+  step,
+  mesh: Mesh,
+  state: TrainState,
+  axis_name: str = "data",
+  seed_axis: str | None = None,
+):
+  """jax.jit of the multi-seed step: batch split over the data axis, state buffers donated.
+
+  Placement of the K models:
+  - `seed_axis=None` (default): the stacked state and rngs are replicated on every device, as in
+    `train_step.jit_train_step`; each device computes all K models on its shard of the batch and
+    XLA inserts the cross-device gradient reductions. This works on any data mesh and is the
+    right choice on one device, or while K copies of the state fit on every device.
+  - `seed_axis="seed"`: on a 2-D mesh with axes (seed_axis, axis_name), the leading K axis of
+    the state, rngs and metrics is split over `seed_axis` (K must be a multiple of its size),
+    and the batch is split over `axis_name` and replicated over `seed_axis`. Each group of
+    devices then holds and trains K / mesh.shape[seed_axis] models; for when K copies of the
+    state do not fit, or to use more devices than the batch can be split over.
+
+  Args:
+    step: from `make_multi_seed_train_step`.
+    mesh: the device mesh; contains `axis_name` (and `seed_axis`, if given).
+    state: the stacked state (for its tree structure).
+    axis_name: the mesh axis the batch is split over.
+    seed_axis: the mesh axis the models are split over, or None to replicate them.
+
+  Returns:
+    The jitted `(states, batch, rngs) -> (states, metrics)`; `states` is donated.
+  """
+  replicated = NamedSharding(mesh, PartitionSpec())
+  batch_sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+  if seed_axis is None:
+    per_model = replicated
+  else:
+    num_models = int(jax.tree.leaves(state)[0].shape[0])
+    groups = mesh.shape[seed_axis]
+    if num_models % groups:
+      raise ValueError(
+        f"{num_models} models cannot be split evenly over mesh axis {seed_axis!r} of size {groups}."
+      )
+    per_model = NamedSharding(mesh, PartitionSpec(seed_axis))
+  state_sharding = jax.tree.map(lambda _: per_model, state)
+  return jax.jit(
+    step,
+    in_shardings=(state_sharding, batch_sharding, per_model),
+    out_shardings=(state_sharding, per_model),
+    donate_argnums=(0,),
+  )

@@ -1,0 +1,244 @@
+"""The evaluation report of a trained model: every metric, the whole-dataset ELBO decomposition,
+pictures, and a JSON summary, written to `workdir/report/`.
+
+  report/report.json             every number (scores, MI matrices, decomposition, timings)
+  report/traversals.png          one row per latent, the decoder's output as it sweeps the latent
+  report/reconstructions.png     data above, reconstructions (at the posterior mean) below
+  report/mutual_information.png  latent-by-factor MI / H(factor), Chen et al.'s estimator
+  report/exponents.png           learned Lp-nested exponents (ISA prior only)
+  report/training_curves.png     the logged loss terms
+  report/scores.png              the headline score of every metric
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from disentangle_jax import distributions as dist
+from disentangle_jax import metrics, plots
+from disentangle_jax import objectives as obj
+from disentangle_jax.data.ground_truth import GroundTruthData
+from disentangle_jax.training import model as model_lib
+from disentangle_jax.training.model import Networks
+
+TRAVERSAL_VALUES = np.linspace(-2.5, 2.5, 9)
+
+
+def make_encode_fn(networks: Networks, params, *, batch_size: int = 1024) -> metrics.EncodeFn:
+  """Jitted images -> (mean, log_var) of the Gaussian latents, numpy in and out.
+
+  Batches are padded to `batch_size` so that one compiled program serves every call.
+  """
+
+  @jax.jit
+  def encode(x):
+    posterior = networks.encoder.apply(params["encoder"], x)
+    return posterior.mean, posterior.log_var
+
+  def encode_fn(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    images = np.asarray(images, np.float32)
+    means, log_vars = [], []
+    for start in range(0, len(images), batch_size):
+      chunk = images[start : start + batch_size]
+      padded = np.zeros((batch_size, *chunk.shape[1:]), np.float32)
+      padded[: len(chunk)] = chunk
+      mean, log_var = jax.device_get(encode(padded))
+      means.append(mean[: len(chunk)])
+      log_vars.append(log_var[: len(chunk)])
+    return np.concatenate(means), np.concatenate(log_vars)
+
+  return encode_fn
+
+
+def make_decode_fn(config: ml_collections.ConfigDict, networks: Networks, params):
+  """Jitted codes [B, D] -> observations [B, H, W, C]: Bernoulli means or Gaussian means."""
+
+  @jax.jit
+  def decode(code):
+    logits = networks.decoder.apply(params["decoder"], code)
+    return jax.nn.sigmoid(logits) if config.likelihood == "bernoulli" else logits
+
+  return lambda code: np.asarray(decode(jnp.asarray(code, jnp.float32)))
+
+
+def _full_code(networks: Networks, params, images: np.ndarray) -> np.ndarray:
+  """The decoder's input at the posterior mode: means, then each categorical's one-hot mode."""
+  posterior = networks.encoder.apply(params["encoder"], jnp.asarray(images))
+  parts = [posterior.mean] + [dist.categorical_mode_one_hot(lg) for lg in posterior.logits]
+  return np.asarray(jnp.concatenate(parts, axis=-1))
+
+
+def traversal_images(decode_fn, base_code: np.ndarray, latent_dim: int, values: np.ndarray):
+  """[K, T, H, W, C]: row k decodes `base_code` with latent k set to each of `values`."""
+  codes = np.repeat(base_code[None, None], latent_dim, 0).repeat(len(values), 1)  # [K, T, D]
+  for k in range(latent_dim):
+    codes[k, :, k] = values
+  images = decode_fn(codes.reshape(-1, codes.shape[-1]))
+  return images.reshape(latent_dim, len(values), *images.shape[1:])
+
+
+def whole_dataset_decomposition(
+  config: ml_collections.ConfigDict, networks: Networks, params, mean, log_var
+) -> dict[str, Any]:
+  """MI, TC and dimension-wise KL over every example, with their sum against the analytic KL.
+
+  Entropies use 10,000 samples of q(z) and exact log-sums over all N posteriors
+  (`objectives.dataset_elbo_decomposition`). For the normal prior MI + TC + DWKL equals the
+  dataset-average analytic KL up to the sampling error of the entropy estimates; for the ISA
+  prior the cross-entropy term is a Monte Carlo estimate and there is no analytic KL.
+  """
+  log_prior_fn = None
+  if networks.prior_tree is not None:
+    exponents = model_lib.prior_exponents(params)
+    log_prior_fn = lambda z: dist.lp_nested_log_prob(
+      z, networks.prior_tree, exponents, config.prior.scale
+    )
+  out = obj.dataset_elbo_decomposition(
+    jax.random.key(config.seed + 4),
+    jnp.asarray(mean),
+    jnp.asarray(log_var),
+    num_samples=min(len(mean), 10_000),
+    log_prior_fn=log_prior_fn,
+  )
+  result = {k: np.asarray(v).tolist() for k, v in out.items()}
+  result["num_examples"] = len(mean)
+  result["sum_mi_tc_dwkl"] = result.pop("kl")
+  if networks.prior_tree is None:
+    result["analytic_kl"] = float(
+      jnp.mean(dist.gaussian_kl(jnp.asarray(mean), jnp.asarray(log_var)))
+    )
+  return result
+
+
+def write_report(
+  config: ml_collections.ConfigDict,
+  networks: Networks,
+  params,
+  dataset: GroundTruthData,
+  workdir: str | pathlib.Path,
+  *,
+  evaluation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+  """Computes every configured metric and writes the report (see the module docstring).
+
+  Args:
+    config: the run's config; `config.eval.metrics` names the metrics, `config.eval.<metric>`
+      overrides their parameters.
+    networks: the run's networks.
+    params: trained parameters.
+    dataset: the ground-truth dataset.
+    workdir: the run's folder; the report goes to `workdir/report/`.
+    evaluation: results of `evaluate` (log-likelihood, KL, ...), copied into the summary.
+
+  Returns:
+    The summary written to report.json.
+  """
+  out_dir = pathlib.Path(workdir) / "report"
+  out_dir.mkdir(parents=True, exist_ok=True)
+  start = time.perf_counter()
+  encode_fn = make_encode_fn(networks, params)
+  names = metrics.parse_metric_names(config.eval.metrics)
+  summary: dict[str, Any] = {"dataset": config.dataset, "evaluation": evaluation or {}}
+
+  # ------------------------------------------------------------- whole-dataset posteriors
+  logging.info("report: encoding all %d examples", dataset.num_examples)
+  encoded = metrics.encode_dataset(dataset, encode_fn, np.random.default_rng(config.seed))
+  mean, log_var, _ = encoded
+  summary["decomposition"] = whole_dataset_decomposition(config, networks, params, mean, log_var)
+  variance_of_means = np.var(mean, axis=0)
+  summary["active_units"] = int(np.sum(variance_of_means > 0.01))
+  summary["variance_of_means"] = variance_of_means.tolist()
+
+  # ------------------------------------------------------------- metrics
+  settings = {name: dict(config.eval.get(name, {})) for name in names}
+  subspaces = None
+  if networks.prior_tree is not None:
+    subspaces = [tuple(range(a, b)) for a, b in networks.prior_tree.subspace_slices()]
+  results = metrics.compute_metrics(
+    dataset,
+    encode_fn,
+    names=names,
+    seed=config.seed,
+    settings=settings,
+    subspaces=subspaces,
+    encoded=encoded,
+  )
+  summary["scores"] = metrics.headline_scores(results)
+  summary["metrics"] = results
+  if networks.prior_tree is not None:
+    summary["prior_exponents"] = np.asarray(model_lib.prior_exponents(params)).tolist()
+
+  # ------------------------------------------------------------- pictures
+  _write_pictures(config, networks, params, dataset, out_dir, summary)
+  summary["seconds"] = time.perf_counter() - start
+  (out_dir / "report.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+  logging.info("report written to %s (%.0f s)", out_dir, summary["seconds"])
+  return summary
+
+
+def _json_default(value):
+  return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def _write_pictures(config, networks, params, dataset, out_dir, summary):
+  rng = np.random.default_rng(config.seed + 5)
+  images = dataset.observations_from_indices(
+    np.sort(rng.choice(dataset.num_examples, 10, replace=False)), rng
+  )
+  decode_fn = make_decode_fn(config, networks, params)
+  codes = _full_code(networks, params, images)
+  plots.save_figure(
+    plots.reconstructions(images, decode_fn(codes)), out_dir / "reconstructions.png"
+  )
+
+  latent_labels = None
+  if networks.prior_tree is None:
+    mean, log_var = make_encode_fn(networks, params)(images)
+    latent_labels = np.asarray(dist.gaussian_kl_per_dim(mean, log_var)).mean(0)
+  traversals = traversal_images(decode_fn, codes[0], networks.latent_dim, TRAVERSAL_VALUES)
+  plots.save_figure(
+    plots.latent_traversals(traversals, values=TRAVERSAL_VALUES, kl_per_latent=latent_labels),
+    out_dir / "traversals.png",
+  )
+
+  for name in ("mig_chen", "mig_dlib"):
+    if name in summary["metrics"]:
+      result = summary["metrics"][name]
+      figure = plots.mutual_information_heatmap(
+        np.asarray(result["mutual_information"]),
+        factor_names=list(dataset.factor_names),
+        normalized_by=np.asarray(result["factor_entropies"]),
+        title=f"I(z_j; v_k) / H(v_k) ({'Chen et al.' if name == 'mig_chen' else 'binned means'})",
+      )
+      plots.save_figure(figure, out_dir / "mutual_information.png")
+      break
+
+  if networks.prior_tree is not None:
+    _, initial = model_lib.parse_layout(config.prior.layout, networks.latent_dim)
+    plots.save_figure(
+      plots.lp_nested_exponents(
+        np.asarray(summary["prior_exponents"]), initial=np.asarray(initial)
+      ),
+      out_dir / "exponents.png",
+    )
+
+  log_file = out_dir.parent / "metrics.jsonl"
+  if log_file.exists():
+    lines = [json.loads(line) for line in log_file.read_text().splitlines() if line]
+    if lines:
+      keys = [k for k in lines[-1] if k not in ("step", "steps_per_second")]
+      series = {k: np.array([line.get(k, np.nan) for line in lines]) for k in keys}
+      figure = plots.training_curves(np.array([line["step"] for line in lines]), series)
+      plots.save_figure(figure, out_dir / "training_curves.png")
+
+  if summary["scores"]:
+    plots.save_figure(plots.metric_summary(summary["scores"]), out_dir / "scores.png")
