@@ -128,11 +128,10 @@ def make_multi_seed_train_step(train_step, broadcast_batch: bool = False):
     broadcast_batch: False: `jax.vmap(train_step, in_axes=(0, None, 0))`, the batch enters
       unbatched. True: the batch is broadcast to [K, B, ...] inside the step and every input is
       vmapped. The results are the same (up to float32 summation order) and so is the caller's
-      API. On the CPU (XLA 0.10), the unbatched batch makes the first layer a product of a
-      shared matrix with K stacked weights, and the MLP step then spends its time copying
-      transposed weights and gradients; broadcasting made the K = 2..4 MLP step about 2x faster
-      there, and did not change the conv step (benchmarks/bench_multi_seed.py
-      --broadcast-batch).
+      API. On the CPU, the unbatched batch makes the first layer a product of a shared matrix
+      with K stacked weights, and the MLP step spends much of its time copying transposed
+      weights and gradients, which broadcasting avoids; compare both with
+      benchmarks/bench_multi_seed.py (--broadcast-batch) on the target device.
 
   Returns:
     `(states, batch, rngs) -> (states, metrics)`: states with leaves [K, ...], one batch (e.g.
