@@ -7,6 +7,8 @@ import math
 import flax.linen as nn
 import jax
 
+from disentangle_jax.models import conv_lowering
+
 
 def _check_code(code: jax.Array) -> None:
   if code.ndim != 2:
@@ -58,6 +60,14 @@ class ConvDecoder(nn.Module):
 
   Attributes:
     output_shape: (64, 64, C); only the channel count is free.
+    lowering: how the transposed convolutions run: "auto" ("subpixel" on the CPU backend,
+      "flax" elsewhere), "subpixel" (`conv_lowering.ConvTranspose`: sub-pixel convolutions as
+      matrix products) or "flax" (plain `nn.ConvTranspose`). Same params
+      (`ConvTranspose_0` .. `ConvTranspose_3`) and, up to float32 rounding, the same outputs and
+      gradients either way.
+    batch_chunk: with the sub-pixel lowering, examples per chunk when the network runs a chunk
+      at a time (`conv_lowering.apply_in_chunks`, rematerialised in the backward pass): None
+      picks `conv_lowering.NETWORK_CHUNK` (16) when it divides the batch well, 0 turns it off.
 
   References:
     Locatello et al., `Challenging Common Assumptions in the Unsupervised Learning of
@@ -65,6 +75,8 @@ class ConvDecoder(nn.Module):
   """
 
   output_shape: tuple[int, int, int] = (64, 64, 1)
+  lowering: str = "auto"
+  batch_chunk: int | None = None
 
   @nn.compact
   def __call__(self, code: jax.Array) -> jax.Array:
@@ -81,8 +93,17 @@ class ConvDecoder(nn.Module):
       raise ValueError(
         f"ConvDecoder produces [B, 64, 64, C]; got output_shape {self.output_shape}."
       )
+    plain = not conv_lowering.use_subpixel(self.lowering)
+    chunk = conv_lowering.network_chunk(code.shape[0], self.batch_chunk)
+    if not plain and chunk < code.shape[0] and conv_lowering.can_chunk(self):
+      return conv_lowering.apply_in_chunks(self, code, chunk, batch_chunk=0)
     h = nn.relu(nn.Dense(256)(code))
     h = nn.relu(nn.Dense(1024)(h)).reshape(code.shape[0], 4, 4, 64)
-    for features in (64, 32, 32):
-      h = nn.relu(nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")(h))
-    return nn.ConvTranspose(self.output_shape[-1], (4, 4), strides=(2, 2), padding="SAME")(h)
+    deconv = nn.ConvTranspose if plain else conv_lowering.ConvTranspose
+    extra = {} if plain else {"lowering": self.lowering}
+    for i, features in enumerate((64, 32, 32, self.output_shape[-1])):
+      layer = deconv(
+        features, (4, 4), strides=(2, 2), padding="SAME", name=f"ConvTranspose_{i}", **extra
+      )
+      h = layer(h) if i == 3 else nn.relu(layer(h))
+    return h

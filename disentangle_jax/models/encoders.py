@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from disentangle_jax.models import conv_lowering
+
 
 class EncoderOutput(NamedTuple):
   """Posterior parameters from an encoder.
@@ -100,6 +102,13 @@ class ConvEncoder(nn.Module):
     latent_dim: K, the number of continuous (Gaussian) latents.
     categorical_sizes: K_i, the number of categories of each categorical latent.
     kernel_sizes: the four convolutions' kernel sizes.
+    lowering: how the convolutions run: "auto" ("subpixel" on the CPU backend, "flax"
+      elsewhere), "subpixel" (`conv_lowering.Conv`: matrix products, sub-pixel gradients) or
+      "flax" (plain `nn.Conv`). Same params (`Conv_0` .. `Conv_3`) and, up to
+      float32 rounding, the same outputs and gradients either way.
+    batch_chunk: with the sub-pixel lowering, examples per chunk when the network runs a chunk
+      at a time (`conv_lowering.apply_in_chunks`, rematerialised in the backward pass): None
+      picks `conv_lowering.NETWORK_CHUNK` (16) when it divides the batch well, 0 turns it off.
 
   References:
     Locatello et al., `Challenging Common Assumptions in the Unsupervised Learning of
@@ -111,6 +120,8 @@ class ConvEncoder(nn.Module):
   latent_dim: int
   categorical_sizes: tuple[int, ...] = ()
   kernel_sizes: tuple[int, int, int, int] = (4, 4, 2, 2)
+  lowering: str = "auto"
+  batch_chunk: int | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> EncoderOutput:
@@ -125,8 +136,15 @@ class ConvEncoder(nn.Module):
     _check_images(x)
     if len(self.kernel_sizes) != 4:
       raise ValueError(f"ConvEncoder needs 4 kernel sizes; got {self.kernel_sizes}.")
+    plain = not conv_lowering.use_subpixel(self.lowering)
+    chunk = conv_lowering.network_chunk(x.shape[0], self.batch_chunk)
+    if not plain and chunk < x.shape[0] and conv_lowering.can_chunk(self):
+      return conv_lowering.apply_in_chunks(self, x, chunk, batch_chunk=0)
+    conv = nn.Conv if plain else conv_lowering.Conv
+    extra = {} if plain else {"lowering": self.lowering}
     h = x
-    for features, k in zip((32, 32, 64, 64), self.kernel_sizes, strict=True):
-      h = nn.relu(nn.Conv(features, (k, k), strides=(2, 2), padding="SAME")(h))
+    for i, (features, k) in enumerate(zip((32, 32, 64, 64), self.kernel_sizes, strict=True)):
+      layer = conv(features, (k, k), strides=(2, 2), padding="SAME", name=f"Conv_{i}", **extra)
+      h = nn.relu(layer(h))
     h = nn.relu(nn.Dense(256)(h.reshape(h.shape[0], -1)))
     return _Heads(self.latent_dim, tuple(self.categorical_sizes))(h)
