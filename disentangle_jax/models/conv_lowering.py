@@ -285,6 +285,8 @@ NETWORK_CHUNK = 16
 def network_chunk(batch: int, requested: int | None) -> int:
   """Examples per chunk of a whole conv network: `requested`, or NETWORK_CHUNK if it divides."""
   if requested is not None:
+    if requested >= batch:  # e.g. a batch of one at init: nothing to split
+      return batch
     if requested > 0 and batch % requested:
       raise ValueError(f"batch_chunk must divide the batch {batch}; got {requested}.")
     return batch if requested <= 0 else requested

@@ -12,6 +12,7 @@ import pytest
 
 from disentangle_jax.training import NonFiniteError, train_and_evaluate
 from disentangle_jax.training.checkpoint import Checkpointer
+from disentangle_jax.training.train_step import all_finite
 from tests.training.test_config import CONFIG_NAMES, load
 
 REPO = pathlib.Path(__file__).parents[2]
@@ -75,6 +76,22 @@ def test_nan_stops_with_the_step_and_the_last_good_checkpoint(tmp_path):
   config = tiny("vae", num_steps=8, learning_rate=1e30, checkpoint_every=2)
   with pytest.raises(NonFiniteError, match=r"Non-finite loss or gradients at step \d+.*checkpoint"):
     train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+  "bad, expected",
+  [(None, True), (np.nan, False), (np.inf, False), (-np.inf, False)],
+)
+def test_all_finite_sees_one_bad_element_in_any_leaf(bad, expected):
+  """The step's finiteness flag (one sum per leaf) against numpy's elementwise check."""
+  tree = {"a": np.ones((3, 4), np.float32), "b": [np.zeros(5, np.float32), np.arange(6.0)]}
+  if bad is not None:
+    tree["b"][0][2] = bad
+  assert np.all([np.isfinite(x).all() for x in jax.tree.leaves(tree)]) == expected
+  assert bool(jax.jit(all_finite)(tree)) == expected
+  # +inf and -inf in different leaves sum to NaN: still flagged.
+  tree["a"][0, 0], tree["b"][1][0] = np.inf, -np.inf
+  assert not bool(all_finite(tree))
 
 
 def test_bad_layout_is_an_error_before_compiling(tmp_path):
