@@ -473,6 +473,16 @@ def _use_subpixel(module: nn.Module, inputs: jax.Array, eligible: bool) -> bool:
   return use_subpixel(module.lowering) and eligible
 
 
+def _kernel_and_bias(module: nn.Module, inputs: jax.Array):
+  """(inputs, kernel, bias or None) as `nn.Conv` and `nn.ConvTranspose` create and promote them."""
+  kernel_shape = (*module.kernel_size, inputs.shape[-1], module.features)
+  kernel = module.param("kernel", module.kernel_init, kernel_shape, module.param_dtype)
+  bias = None
+  if module.use_bias:
+    bias = module.param("bias", module.bias_init, (module.features,), module.param_dtype)
+  return module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
+
+
 class Conv(nn.Conv):
   """`nn.Conv` whose stride-2 "SAME" case runs `conv_s2_same` (same params, same outputs).
 
@@ -494,12 +504,7 @@ class Conv(nn.Conv):
     )
     if not _use_subpixel(self, inputs, eligible):
       return super().__call__(inputs)
-    kernel_shape = (*self.kernel_size, inputs.shape[-1], self.features)
-    kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
-    bias = None
-    if self.use_bias:
-      bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    inputs, kernel, bias = _kernel_and_bias(self, inputs)
     y = conv_s2_same(inputs, kernel, precision=self.precision)
     return y if bias is None else y + bias
 
@@ -522,11 +527,6 @@ class ConvTranspose(nn.ConvTranspose):
     eligible = not self.transpose_kernel and self.preferred_element_type is None
     if not _use_subpixel(self, inputs, eligible):
       return super().__call__(inputs)
-    kernel_shape = (*self.kernel_size, inputs.shape[-1], self.features)
-    kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
-    bias = None
-    if self.use_bias:
-      bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    inputs, kernel, bias = _kernel_and_bias(self, inputs)
     y = conv_transpose_s2_same(inputs, kernel, precision=self.precision)
     return y if bias is None else y + bias
