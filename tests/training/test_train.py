@@ -26,6 +26,7 @@ def tiny(name: str, **overrides):
   config.batch_size, config.num_steps = 8, 4
   config.log_every, config.checkpoint_every = 2, 2
   config.eval.num_examples, config.eval.batch_size = 64, 32
+  config.eval.report = False  # the report (every metric on the whole dataset): test_report.py
   config.model.encoder = config.model.decoder = "mlp"
   for key, value in overrides.items():
     node = config
