@@ -1,12 +1,13 @@
 """Evaluates a saved checkpoint: eval.json and the report (every metric, pictures, report.json).
 
   python experiments/evaluate.py --workdir=workdirs/isa_vae_quick
-  python experiments/evaluate.py --workdir=workdirs/isa_vae_quick --step=2000 --metrics=mig_chen,dci
+  python experiments/evaluate.py --workdir=workdirs/isa_vae_quick --step=3500 --metrics=mig_chen,dci
   python experiments/evaluate.py --workdir=workdirs/isa --config=experiments/configs/isa_vae.py \
       --config.eval.dci.num_train=2000
 
-The run's own config (workdir/config.json) is used unless --config is given. The report goes to
-workdir/report/ (see disentangle_jax/training/report.py for its files).
+The run's own config (workdir/config.json) is used unless --config is given. The latest step's
+eval.json and report/ go to the workdir, an earlier step's to workdir/step_<step>/ (see
+disentangle_jax/training/report.py for the report's files).
 """
 
 from absl import app, flags, logging

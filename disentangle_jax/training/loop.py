@@ -130,13 +130,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return _evaluate_and_report(config, networks, state, dataset, workdir)
 
 
-def _evaluate_and_report(config, networks, state, dataset, workdir: pathlib.Path) -> dict:
+def _evaluate_and_report(
+  config, networks, state, dataset, workdir: pathlib.Path, out_dir: pathlib.Path | None = None
+) -> dict:
+  """eval.json and (with eval.report) report/ in out_dir, by default the workdir itself."""
+  out_dir = workdir if out_dir is None else out_dir
+  out_dir.mkdir(parents=True, exist_ok=True)
   results = evaluate(config, networks, state.params, dataset)
   results["step"] = int(state.step)
-  (workdir / "eval.json").write_text(json.dumps(results, indent=2))
+  (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
   logging.info("evaluation: %s", json.dumps(results))
   if config.eval.report:
-    summary = write_report(config, networks, state.params, dataset, workdir, evaluation=results)
+    summary = write_report(
+      config,
+      networks,
+      state.params,
+      dataset,
+      workdir,
+      evaluation=results,
+      out_dir=out_dir / "report",
+    )
     results["scores"] = summary["scores"]
   return results
 
@@ -145,6 +158,9 @@ def evaluate_checkpoint(
   workdir: str, config: ml_collections.ConfigDict | None = None, *, step: int | None = None
 ) -> dict[str, float]:
   """Evaluates a saved run: eval.json and the report (metrics, pictures) of one checkpoint.
+
+  The latest checkpoint's go to the workdir (`eval.json`, `report/`), replacing the training
+  run's; an earlier step's go to `workdir/step_<step>/`, so the final report is kept.
 
   Args:
     workdir: the run's folder (checkpoints/ and config.json).
@@ -158,7 +174,8 @@ def evaluate_checkpoint(
   workdir = pathlib.Path(workdir)
   config = config_lib.validate(config or config_lib.load_saved_config(workdir / "config.json"))
   checkpointer = Checkpointer(workdir)
-  step = checkpointer.latest_step() if step is None else step
+  latest = checkpointer.latest_step()
+  step = latest if step is None else step
   if step is None:
     raise FileNotFoundError(
       f"No checkpoint in {checkpointer.directory}: train first "
@@ -178,4 +195,5 @@ def evaluate_checkpoint(
   state = checkpointer.restore(step, like)
   checkpointer.close()
   logging.info("evaluating the checkpoint of step %d in %s", step, checkpointer.directory)
-  return _evaluate_and_report(config, networks, state, dataset, workdir)
+  out_dir = workdir if step == latest else workdir / f"step_{step}"
+  return _evaluate_and_report(config, networks, state, dataset, workdir, out_dir)

@@ -140,6 +140,7 @@ def write_report(
   workdir: str | pathlib.Path,
   *,
   evaluation: dict[str, Any] | None = None,
+  out_dir: str | pathlib.Path | None = None,
 ) -> dict[str, Any]:
   """Computes every configured metric and writes the report (see the module docstring).
 
@@ -149,13 +150,14 @@ def write_report(
     networks: the run's networks.
     params: trained parameters.
     dataset: the ground-truth dataset.
-    workdir: the run's folder; the report goes to `workdir/report/`.
+    workdir: the run's folder (its metrics.jsonl gives the training curves).
     evaluation: results of `evaluate` (log-likelihood, KL, ...), copied into the summary.
+    out_dir: where the report goes; default `workdir/report/`.
 
   Returns:
     The summary written to report.json.
   """
-  out_dir = pathlib.Path(workdir) / "report"
+  out_dir = pathlib.Path(workdir) / "report" if out_dir is None else pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
   encode_fn = make_encode_fn(networks, params)
@@ -191,7 +193,7 @@ def write_report(
     summary["prior_exponents"] = np.asarray(model_lib.prior_exponents(params)).tolist()
 
   # ------------------------------------------------------------- pictures
-  _write_pictures(config, networks, params, dataset, out_dir, summary)
+  _write_pictures(config, networks, params, dataset, out_dir, summary, workdir)
   summary["seconds"] = time.perf_counter() - start
   (out_dir / "report.json").write_text(json.dumps(summary, indent=2, default=_json_default))
   logging.info("report written to %s (%.0f s)", out_dir, summary["seconds"])
@@ -202,7 +204,7 @@ def _json_default(value):
   return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
-def _write_pictures(config, networks, params, dataset, out_dir, summary):
+def _write_pictures(config, networks, params, dataset, out_dir, summary, workdir):
   rng = np.random.default_rng(config.seed + 5)
   images = dataset.observations_from_indices(
     np.sort(rng.choice(dataset.num_examples, 10, replace=False)), rng
@@ -244,7 +246,7 @@ def _write_pictures(config, networks, params, dataset, out_dir, summary):
       out_dir / "exponents.png",
     )
 
-  log_file = out_dir.parent / "metrics.jsonl"
+  log_file = pathlib.Path(workdir) / "metrics.jsonl"
   if log_file.exists():
     lines = [json.loads(line) for line in log_file.read_text().splitlines() if line]
     if lines:

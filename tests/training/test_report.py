@@ -63,15 +63,26 @@ def test_evaluate_checkpoint_any_step_and_metrics(npz_path, tmp_path):
   config = config_lib.load_saved_config(tmp_path / "config.json")
   config.eval.metrics, config.eval.report = "mig_chen", True
   results = evaluate_checkpoint(str(tmp_path), config, step=2)
-  assert json.loads((tmp_path / "eval.json").read_text())["step"] == results["step"] == 2
-  report = json.loads((tmp_path / "report" / "report.json").read_text())
+  # An earlier step's evaluation goes to step_2/; the run's own eval.json (step 4) is kept.
+  out = tmp_path / "step_2"
+  assert json.loads((out / "eval.json").read_text())["step"] == results["step"] == 2
+  assert json.loads((tmp_path / "eval.json").read_text())["step"] == 4
+  assert not (tmp_path / "report").exists()
+  report = json.loads((out / "report" / "report.json").read_text())
   # The ISA prior adds the subspace MIG (3 subspaces of 6 latents) and the exponents.
   assert set(report["metrics"]) == {"mig_chen", "mig_chen_subspace"}
   assert report["metrics"]["mig_chen_subspace"]["groups"] == [
     list(range(0, 6)), list(range(6, 12)), list(range(12, 18))
   ]  # fmt: skip
   assert len(report["prior_exponents"]) == 4
-  assert (tmp_path / "report" / "exponents.png").exists()
+  assert (out / "report" / "exponents.png").exists()
+  assert (out / "report" / "training_curves.png").exists()  # from the workdir's metrics.jsonl
+  # The latest step's evaluation replaces the workdir's own.
+  config.eval.metrics = "mig_dlib"
+  assert evaluate_checkpoint(str(tmp_path), config)["step"] == 4
+  assert set(json.loads((tmp_path / "report" / "report.json").read_text())["metrics"]) == {
+    "mig_dlib"
+  }
 
 
 def test_evaluate_checkpoint_errors(npz_path, tmp_path):
