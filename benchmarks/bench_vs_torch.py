@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -84,6 +85,7 @@ BETA = 1.0
 MATMUL_SHAPES = ((2048, 4096, 1200), (2048, 1200, 1200), (4096, 4096, 4096))  # (M, K, N)
 TORCH_MODES = ("eager", "fused", "channels_last", "compile")
 WARMUP_STEPS, MIN_TIMED_STEPS = 2, 3
+PAUSE_S = 0.5  # idle time between one worker's measurement and the next
 
 
 # Timing.
@@ -206,28 +208,26 @@ def build_jax(arch: str, batch_size: int):
   return config, networks, state, step
 
 
-def jax_train_step(
-  arch: str, images: np.ndarray, max_seconds: float, max_repeats: int
-) -> dict[str, Any]:
-  """Times the jitted train step on the fixed batch `images` [B, 64, 64, 1]."""
+def prepare_jax_step(arch: str, images: np.ndarray) -> tuple[Callable[[], None], dict[str, Any]]:
+  """(run, info): run() does one jitted train step on the fixed batch `images` [B, 64, 64, 1]
+  and blocks on it; info holds the compile time and XLA's FLOP estimate per image."""
   _, _, state, step = build_jax(arch, images.shape[0])
   batch = jax.device_put({"image": images})
   rng = jax.random.key(1)
   start = time.perf_counter()
   compiled = step.lower(state, batch, rng).compile()
-  compile_s = time.perf_counter() - start
+  info: dict[str, Any] = {"compile_s": time.perf_counter() - start, "xla_flops_per_image": None}
   try:
-    xla_flops = float(compiled.cost_analysis()["flops"]) / images.shape[0]
+    info["xla_flops_per_image"] = float(compiled.cost_analysis()["flops"]) / images.shape[0]
   except Exception:  # the cost model is optional and backend-specific
-    xla_flops = None
+    pass
   holder = [state]
 
   def run():
     holder[0], metrics = compiled(holder[0], batch, rng)
     jax.block_until_ready((holder[0], metrics))
 
-  result = measure(run, max_seconds, max_repeats)
-  return {**result, "compile_s": compile_s, "xla_flops_per_image": xla_flops}
+  return run, info
 
 
 # PyTorch.
@@ -435,17 +435,11 @@ def fused_adam_works() -> bool:
   return True
 
 
-def torch_train_step(
-  arch: str,
-  mode: str,
-  images: np.ndarray,
-  lr: float,
-  flax_params,
-  adam_kwargs: dict[str, bool],
-  max_seconds: float,
-  max_repeats: int,
-) -> dict[str, Any]:
-  """Times one PyTorch training step (zero_grad, forward and loss, backward, Adam) in `mode`."""
+def prepare_torch_step(
+  arch: str, mode: str, images: np.ndarray, lr: float, flax_params, adam_kwargs: dict[str, bool]
+) -> Callable[[], None]:
+  """run() does one PyTorch training step (zero_grad, forward and loss, backward, Adam) in
+  `mode`, starting from the Flax initial parameters `flax_params` (if given)."""
   encoder, decoder = torch_networks(arch)
   if flax_params is not None:
     load_flax_params(arch, encoder, decoder, flax_params)
@@ -461,15 +455,14 @@ def torch_train_step(
     return torch_vae_loss(encoder, decoder, x)
 
   if mode == "compile":
-    torch.compiler.reset()  # a fresh cache per measurement: no shapes carried over
-    loss_fn = torch.compile(loss_fn, dynamic=False)
+    loss_fn = torch.compile(loss_fn, dynamic=False)  # one compiled graph per (arch, batch)
 
   def run():
     optimizer.zero_grad(set_to_none=True)
     loss_fn(x).backward()
     optimizer.step()
 
-  return measure(run, max_seconds, max_repeats)
+  return run
 
 
 # Report.
@@ -515,73 +508,200 @@ def check_arch(arch: str, flop_records: dict[str, Any]) -> tuple[dict[str, Any],
   return check, flax_params
 
 
-def time_one(
+# Workers: one process per framework, alternating.
+
+
+class Worker:
+  """Holds one framework's prepared steps and answers requests (dicts) from the driver.
+
+  Requests: {"cmd": "matmul"}: matmul_rates rows; {"cmd": "check", "arch"} (torch): check_arch's
+  record; {"cmd": "time", "arch", "batch", "mode"}: the step's median time, prepared (compiled)
+  on the first request of its (arch, batch, mode) and reused in later rounds.
+  """
+
+  def __init__(self, framework: str, args: argparse.Namespace):
+    self.framework, self.args = framework, args
+    self.steps: dict[tuple[str, int, str], tuple[Callable[[], None], dict[str, Any]]] = {}
+    self.flax_params: dict[str, Any] = {}
+    self.info: dict[str, Any] = {}
+    if framework == "torch":
+      import_torch()
+      torch.set_num_threads(args.torch_threads or os.cpu_count())
+      dynamo_config = torch._dynamo.config
+      for name in ("recompile_limit", "cache_size_limit"):  # one graph per (arch, batch)
+        if hasattr(dynamo_config, name):
+          setattr(dynamo_config, name, 64)
+      self.adam_kwargs = {"fused": True} if fused_adam_works() else {"foreach": True}
+      self.info = {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_adam_in_other_modes": next(iter(self.adam_kwargs)),
+      }
+
+  def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    cmd = request["cmd"]
+    if cmd == "info":
+      return self.info
+    if cmd == "matmul":
+      return {"rows": matmul_rates(self.framework, self.args.matmul_seconds, 20)}
+    if cmd == "check":
+      record = {"arch": request["arch"], "flops": flop_record(request["arch"])}
+      record["check"], self.flax_params[request["arch"]] = check_arch(
+        request["arch"], {request["arch"]: record["flops"]}
+      )
+      return record
+    if cmd == "time":
+      return self.time(request["arch"], request["batch"], request["mode"])
+    raise ValueError(f"unknown request {cmd!r}")
+
+  def time(self, arch: str, batch: int, mode: str) -> dict[str, Any]:
+    record: dict[str, Any] = {"arch": arch, "batch": batch, "mode": mode}
+    images = (np.random.default_rng(batch).random((batch, *IMAGE_SHAPE)) < 0.5).astype(np.float32)
+    try:
+      key = (arch, batch, mode)
+      if key not in self.steps:
+        if mode == "jax":
+          self.steps[key] = prepare_jax_step(arch, images)
+        else:
+          lr = load_config(arch, batch).learning_rate
+          run = prepare_torch_step(
+            arch, mode, images, lr, self.flax_params.get(arch), self.adam_kwargs
+          )
+          self.steps[key] = run, {}
+      run, info = self.steps[key]
+      result = measure(run, self.args.max_seconds, self.args.max_repeats)
+    except Exception as error:  # report (e.g. a torch.compile failure) and go on
+      message = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+      print(f"{arch:5s} {batch:6d} {mode:13s} FAILED: {message}", flush=True)
+      return {**record, "error": message}
+    record.update(result, **info, img_s=batch / result["median_s"])
+    extra = f", first step {result['first_s']:.2f} s"
+    if info.get("xla_flops_per_image"):
+      extra = f", XLA cost model {info['xla_flops_per_image'] / 1e9:.4f} GFLOP/image"
+    print(
+      f"{arch:5s} {batch:6d} {mode:13s} {1e3 * result['median_s']:9.1f} ms/step "
+      f"{record['img_s']:9.0f} img/s ({result['steps']} steps{extra})",
+      flush=True,
+    )
+    return record
+
+
+def serve(framework: str, args: argparse.Namespace) -> None:
+  """Worker process: one JSON request per stdin line, one JSON reply per stdout line; everything
+  printed for people goes to stderr."""
+  replies, sys.stdout = sys.stdout, sys.stderr
+  worker = Worker(framework, args)
+  for line in sys.stdin:
+    request = json.loads(line)
+    if request["cmd"] == "quit":
+      break
+    try:
+      reply = worker.handle(request)
+    except Exception as error:
+      reply = {"error": f"{type(error).__name__}: {error}"}
+    replies.write(json.dumps(reply, default=float) + "\n")
+    replies.flush()
+
+
+class WorkerProcess:
+  """The driver's handle on a `serve` subprocess."""
+
+  def __init__(self, framework: str, args: argparse.Namespace):
+    command = [sys.executable, os.path.abspath(__file__), "--worker", framework]
+    command += ["--max-seconds", str(args.max_seconds), "--max-repeats", str(args.max_repeats)]
+    command += ["--matmul-seconds", str(args.matmul_seconds)]
+    if args.torch_threads:
+      command += ["--torch-threads", str(args.torch_threads)]
+    self.framework = framework
+    self.process = subprocess.Popen(
+      command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+
+  def ask(self, **request) -> dict[str, Any]:
+    self.process.stdin.write(json.dumps(request) + "\n")
+    self.process.stdin.flush()
+    line = self.process.stdout.readline()
+    if not line:
+      sys.exit(f"the {self.framework} worker exited (code {self.process.wait()}).")
+    reply = json.loads(line)
+    if set(reply) == {"error"}:
+      sys.exit(f"the {self.framework} worker failed on {request}: {reply['error']}")
+    time.sleep(PAUSE_S)  # let the worker's threads go idle before the other one measures
+    return reply
+
+  def close(self) -> None:
+    self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+    self.process.stdin.close()
+    self.process.wait()
+
+
+def summarize(
   arch: str,
   batch: int,
-  name: str,
-  args: argparse.Namespace,
-  cell: dict[str, Any],
-  flax_params=None,
-  adam_kwargs: dict[str, bool] | None = None,
-) -> list[dict[str, Any]]:
-  """Times JAX (name "jax") or one PyTorch mode at (arch, batch); sets cell[name] to the
-  images/s, "n/a" or "FAILED" and returns the measurement's record (none for "n/a")."""
-  if name == "channels_last" and arch != "conv":
-    cell[name] = "n/a"
-    return []
-  images = (np.random.default_rng(batch).random((batch, *IMAGE_SHAPE)) < 0.5).astype(np.float32)
-  try:
-    if name == "jax":
-      result = jax_train_step(arch, images, args.max_seconds, args.max_repeats)
-    else:
-      lr = load_config(arch, batch).learning_rate
-      result = torch_train_step(
-        arch, name, images, lr, flax_params, adam_kwargs, args.max_seconds, args.max_repeats
-      )
-  except Exception as error:  # report (e.g. a torch.compile failure) and go on
-    message = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
-    cell[name] = "FAILED"
-    print(f"{arch:5s} {batch:6d} {name:13s} FAILED: {message}", flush=True)
-    return [{"arch": arch, "batch": batch, "mode": name, "error": message}]
-  img_s = batch / result["median_s"]
-  cell[name] = img_s
-  extra = f", first step {result['first_s']:.2f} s"
-  if name == "jax":
-    extra = f", compile {result['compile_s']:.2f} s"
-    if result["xla_flops_per_image"] is not None:
-      extra += f", XLA cost model {result['xla_flops_per_image'] / 1e9:.4f} GFLOP/image"
-  print(
-    f"{arch:5s} {batch:6d} {name:13s} {1e3 * result['median_s']:9.1f} ms/step "
-    f"{img_s:9.0f} img/s ({result['steps']} steps{extra})",
-    flush=True,
-  )
-  return [{"arch": arch, "batch": batch, "mode": name, "img_s": img_s, **result}]
+  records: list[dict[str, Any]],
+  modes: list[str],
+  gflop_per_image: float,
+  peaks: list[float],
+) -> dict[str, Any]:
+  """One table row of (arch, batch) from its records of all rounds.
 
-
-def add_ratios(row: dict[str, Any], modes: list[str], gflop_per_image: float, peak: float) -> None:
-  """Adds the best PyTorch mode, JAX / best PyTorch and the fractions of the matmul peak."""
-  torch_rates = {m: row[m] for m in modes if isinstance(row.get(m), float)}
-  if torch_rates:
-    row["best_torch_mode"] = max(torch_rates, key=torch_rates.get)
-    row["torch_peak_fraction"] = torch_rates[row["best_torch_mode"]] * gflop_per_image / peak
-  if isinstance(row.get("jax"), float):
-    row["jax_peak_fraction"] = row["jax"] * gflop_per_image / peak
+  Images/s of each of JAX and the PyTorch modes: the median over rounds. The ratio JAX / best
+  PyTorch mode and the fractions of the matmul peak are taken within each round (measurements a
+  minute apart, with that round's matmul peak) and then their median (and range) over rounds.
+  """
+  row: dict[str, Any] = {"arch": arch, "batch": batch}
+  by_round: dict[int, dict[str, float]] = {}
+  for rec in records:
+    if rec["arch"] == arch and rec["batch"] == batch:
+      if "img_s" in rec:
+        by_round.setdefault(rec["round"], {})[rec["mode"]] = rec["img_s"]
+      else:
+        row[rec["mode"]] = "FAILED"
+  for name in ["jax", *modes]:
+    rates = [r[name] for r in by_round.values() if name in r]
+    if rates:
+      row[name] = statistics.median(rates)
+    elif name == "channels_last" and arch != "conv":
+      row[name] = "n/a"
+  ratios, jax_fractions, torch_fractions, best_modes = [], [], [], []
+  for round_index, rates in sorted(by_round.items()):
+    torch_rates = {m: rates[m] for m in modes if m in rates}
     if torch_rates:
-      row["jax_over_best_torch"] = row["jax"] / max(torch_rates.values())
+      best = max(torch_rates, key=torch_rates.get)
+      best_modes.append(best)
+      torch_fractions.append(torch_rates[best] * gflop_per_image / peaks[round_index])
+    if "jax" in rates:
+      jax_fractions.append(rates["jax"] * gflop_per_image / peaks[round_index])
+      if torch_rates:
+        ratios.append(rates["jax"] / max(torch_rates.values()))
+  if best_modes:
+    row["best_torch_mode"] = max(set(best_modes), key=best_modes.count)
+    row["torch_peak_fraction"] = statistics.median(torch_fractions)
+  if jax_fractions:
+    row["jax_peak_fraction"] = statistics.median(jax_fractions)
+  if ratios:
+    row["jax_over_best_torch"] = statistics.median(ratios)
+    row["ratio_by_round"] = ratios
+  return row
 
 
-def print_table(rows: list[dict[str, Any]], heads: list[str], peak: float) -> None:
+def print_table(rows: list[dict[str, Any]], heads: list[str]) -> None:
   """One line per (arch, batch): images/s of each of `heads`, the ratio and the peak fractions."""
-  print(f"\nimages/s; %peak = training GFLOP/s / best matmul rate ({peak:.1f} GFLOP/s)")
+  print("\nimages/s (median over rounds); jax/torch: median of the rounds' ratios [min-max];")
+  print("%peak: training GFLOP/s / the round's best matmul rate, median over rounds")
   line = f"{'arch':5s} {'batch':>6s}" + "".join(f" {h:>13s}" for h in heads)
-  print(line + f" {'jax/torch':>10s} {'jax %peak':>10s} {'torch %peak':>12s}")
+  print(line + f" {'jax/torch':>18s} {'jax %peak':>10s} {'torch %peak':>12s}")
   for row in rows:
     cells = "".join(
       f" {row[h]:13.0f}" if isinstance(row.get(h), float) else f" {row.get(h, '-'):>13s}"
       for h in heads
     )
-    ratio = row.get("jax_over_best_torch")
-    ratio_cell = f" {ratio:10.2f}" if ratio is not None else f" {'-':>10s}"
+    ratios = row.get("ratio_by_round")
+    ratio_cell = (
+      f" {row['jax_over_best_torch']:5.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+      if ratios
+      else f" {'-':>18s}"
+    )
     pct = "".join(
       f" {100 * row[key]:{width}.1f}" if row.get(key) is not None else f" {'-':>{width}s}"
       for key, width in (("jax_peak_fraction", 10), ("torch_peak_fraction", 12))
@@ -605,10 +725,16 @@ def main():
   parser.add_argument("--archs", nargs="+", default=["mlp", "conv"], choices=["mlp", "conv"])
   parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256, 2048])
   parser.add_argument(
-    "--max-seconds", type=float, default=20.0, help="timed seconds per measurement (>= 3 steps)"
+    "--rounds", type=int, default=3, help="rounds of alternating JAX / PyTorch measurements"
+  )
+  parser.add_argument(
+    "--max-seconds", type=float, default=5.0, help="timed seconds per measurement (>= 3 steps)"
   )
   parser.add_argument(
     "--max-repeats", type=int, default=50, help="most timed steps per measurement"
+  )
+  parser.add_argument(
+    "--matmul-seconds", type=float, default=1.0, help="timed seconds per matmul shape and round"
   )
   parser.add_argument(
     "--modes", nargs="+", default=list(TORCH_MODES), choices=TORCH_MODES, help="PyTorch modes"
@@ -619,7 +745,10 @@ def main():
   parser.add_argument("--skip-jax", action="store_true")
   parser.add_argument("--skip-torch", action="store_true")
   parser.add_argument("--json", help="also write the results to this JSON file")
+  parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.worker:
+    return serve(args.worker, args)
   if not args.skip_torch and importlib.util.find_spec("torch") is None:
     sys.exit(TORCH_MISSING)
   use_torch = not args.skip_torch
@@ -637,48 +766,52 @@ def main():
   print(", ".join(f"{k} {v}" for k, v in machine.items()), flush=True)
   results: dict[str, Any] = {"machine": machine, "args": vars(args)}
   results["flops_per_image"] = {arch: flop_record(arch) for arch in args.archs}
-  cells = {(arch, batch): {} for arch in args.archs for batch in args.batch_sizes}
-  records = []
 
-  # Every JAX measurement runs before PyTorch does anything: once PyTorch has run its thread
-  # pool in this process, the JAX step measured up to 30% slower (1105 against 1591 img/s).
-  results["matmul"] = matmul_rates("jax", args.max_seconds, args.max_repeats)
+  # One process per framework (PyTorch's thread pool slowed JAX by up to 30% in one process),
+  # measuring in turn, so that the machine's drift (20% and more over minutes) hits both alike.
+  workers = {}
   if not args.skip_jax:
-    for (arch, batch), cell in cells.items():
-      records += time_one(arch, batch, "jax", args, cell)
-
-  adam_kwargs, flax_params = {}, {}
+    workers["jax"] = WorkerProcess("jax", args)
   if use_torch:
-    import_torch()
-    torch.set_num_threads(args.torch_threads or cores)
-    adam_kwargs = {"fused": True} if fused_adam_works() else {"foreach": True}
-    machine.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
-    machine["torch_adam_in_other_modes"] = next(iter(adam_kwargs))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    results["matmul"] += matmul_rates("torch", args.max_seconds, args.max_repeats)
+    workers["torch"] = WorkerProcess("torch", args)
+    machine.update(workers["torch"].ask(cmd="info"))
     results["checks"] = {}
     for arch in args.archs:
-      results["checks"][arch], flax_params[arch] = check_arch(arch, results["flops_per_image"])
-    for (arch, batch), cell in cells.items():
-      for mode in modes:
-        records += time_one(arch, batch, mode, args, cell, flax_params[arch], adam_kwargs)
+      results["checks"][arch] = workers["torch"].ask(cmd="check", arch=arch)["check"]
+  cells = [(arch, batch) for arch in args.archs for batch in args.batch_sizes]
+  results["matmul"], records, peaks = [], [], []
+  for round_index in range(args.rounds):
+    print(f"round {round_index + 1} of {args.rounds}", flush=True)
+    order = list(workers.values())
+    if round_index % 2:
+      order.reverse()  # who goes first alternates
+    matmul = [row for w in order for row in w.ask(cmd="matmul")["rows"]]
+    peaks.append(max(row["gflops"] for row in matmul))
+    results["matmul"] += [{**row, "round": round_index} for row in matmul]
+    for arch, batch in cells:
+      for worker in order:
+        for mode in ["jax"] if worker.framework == "jax" else modes:
+          if mode == "channels_last" and arch != "conv":
+            continue
+          record = worker.ask(cmd="time", arch=arch, batch=batch, mode=mode)
+          records.append({**record, "round": round_index})
+  for worker in workers.values():
+    worker.close()
 
-  peak = max(row["gflops"] for row in results["matmul"])
-  results["matmul_peak_gflops"] = peak
-  print(f"matmul peak (best measured): {peak:.1f} GFLOP/s", flush=True)
+  results["matmul_peak_gflops_by_round"] = peaks
+  print(f"matmul peak (best measured) by round: {', '.join(f'{p:.1f}' for p in peaks)} GFLOP/s")
   names = ([] if args.skip_jax else ["jax"]) + modes
-  results["train"], results["summary"] = records, []
-  for (arch, batch), cell in cells.items():
-    row = {"arch": arch, "batch": batch, **cell}
-    add_ratios(row, modes, train_flops_per_image(arch) / 1e9, peak)
-    results["summary"].append(row)
-
+  results["train"] = records
+  results["summary"] = [
+    summarize(arch, batch, records, modes, train_flops_per_image(arch) / 1e9, peaks)
+    for arch, batch in cells
+  ]
   machine["load_average_end"] = os.getloadavg()
-  print_table(results["summary"], names, peak)
+  print_table(results["summary"], names)
   print(f"load average at start {machine['load_average_start']}, end {machine['load_average_end']}")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(results, f, indent=2)
+      json.dump(results, f, indent=2, default=float)
     print(f"wrote {args.json}")
 
 

@@ -68,6 +68,10 @@ class ConvDecoder(nn.Module):
     batch_chunk: with the sub-pixel lowering, examples per chunk when the network runs a chunk
       at a time (`conv_lowering.apply_in_chunks`, rematerialised in the backward pass): None
       picks `conv_lowering.NETWORK_CHUNK` (16) when it divides the batch well, 0 turns it off.
+      Only the transposed convolutions are chunked: the dense layers run faster on the whole
+      batch.
+    from_features: take the [B, 4, 4, 64] output of the dense layers instead of codes (how the
+      chunked path runs the transposed convolutions alone).
 
   References:
     Locatello et al., `Challenging Common Assumptions in the Unsupervised Learning of
@@ -77,6 +81,7 @@ class ConvDecoder(nn.Module):
   output_shape: tuple[int, int, int] = (64, 64, 1)
   lowering: str = "auto"
   batch_chunk: int | None = None
+  from_features: bool = False
 
   @nn.compact
   def __call__(self, code: jax.Array) -> jax.Array:
@@ -88,17 +93,26 @@ class ConvDecoder(nn.Module):
     Returns:
       [B, 64, 64, C] logits.
     """
+    if self.from_features:
+      return self._deconvs(code)
     _check_code(code)
     if len(self.output_shape) != 3 or tuple(self.output_shape[:2]) != (64, 64):
       raise ValueError(
         f"ConvDecoder produces [B, 64, 64, C]; got output_shape {self.output_shape}."
       )
-    plain = not conv_lowering.use_subpixel(self.lowering)
-    chunk = conv_lowering.network_chunk(code.shape[0], self.batch_chunk)
-    if not plain and chunk < code.shape[0] and conv_lowering.can_chunk(self):
-      return conv_lowering.apply_in_chunks(self, code, chunk, batch_chunk=0)
     h = nn.relu(nn.Dense(256)(code))
     h = nn.relu(nn.Dense(1024)(h)).reshape(code.shape[0], 4, 4, 64)
+    chunk = conv_lowering.network_chunk(code.shape[0], self.batch_chunk)
+    subpixel = conv_lowering.use_subpixel(self.lowering)
+    if subpixel and chunk < code.shape[0] and conv_lowering.can_chunk(self):
+      # Only the transposed convolutions run a chunk at a time; the dense layers take the
+      # whole batch.
+      return conv_lowering.apply_in_chunks(self, h, chunk, batch_chunk=0, from_features=True)
+    return self._deconvs(h)
+
+  def _deconvs(self, h: jax.Array) -> jax.Array:
+    """The four transposed convolutions: [B, 4, 4, 64] -> [B, 64, 64, C] logits."""
+    plain = not conv_lowering.use_subpixel(self.lowering)
     deconv = nn.ConvTranspose if plain else conv_lowering.ConvTranspose
     extra = {} if plain else {"lowering": self.lowering}
     for i, features in enumerate((64, 32, 32, self.output_shape[-1])):

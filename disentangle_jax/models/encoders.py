@@ -109,6 +109,9 @@ class ConvEncoder(nn.Module):
     batch_chunk: with the sub-pixel lowering, examples per chunk when the network runs a chunk
       at a time (`conv_lowering.apply_in_chunks`, rematerialised in the backward pass): None
       picks `conv_lowering.NETWORK_CHUNK` (16) when it divides the batch well, 0 turns it off.
+      Only the convolutions are chunked: the dense layers run faster on the whole batch.
+    convs_only: return the flattened convolution features [B, 1024] instead of the posterior
+      (how the chunked path runs the convolutions alone).
 
   References:
     Locatello et al., `Challenging Common Assumptions in the Unsupervised Learning of
@@ -122,6 +125,7 @@ class ConvEncoder(nn.Module):
   kernel_sizes: tuple[int, int, int, int] = (4, 4, 2, 2)
   lowering: str = "auto"
   batch_chunk: int | None = None
+  convs_only: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> EncoderOutput:
@@ -139,12 +143,21 @@ class ConvEncoder(nn.Module):
     plain = not conv_lowering.use_subpixel(self.lowering)
     chunk = conv_lowering.network_chunk(x.shape[0], self.batch_chunk)
     if not plain and chunk < x.shape[0] and conv_lowering.can_chunk(self):
-      return conv_lowering.apply_in_chunks(self, x, chunk, batch_chunk=0)
+      # Only the convolutions run a chunk at a time; the dense layers take the whole batch.
+      h = conv_lowering.apply_in_chunks(self, x, chunk, batch_chunk=0, convs_only=True)
+    else:
+      h = self._convs(x, plain)
+    if self.convs_only:
+      return h
+    h = nn.relu(nn.Dense(256)(h))
+    return _Heads(self.latent_dim, tuple(self.categorical_sizes))(h)
+
+  def _convs(self, x: jax.Array, plain: bool) -> jax.Array:
+    """The four convolutions (ReLU after each): [B, 64, 64, C] -> flattened [B, 4*4*64]."""
     conv = nn.Conv if plain else conv_lowering.Conv
     extra = {} if plain else {"lowering": self.lowering}
     h = x
     for i, (features, k) in enumerate(zip((32, 32, 64, 64), self.kernel_sizes, strict=True)):
       layer = conv(features, (k, k), strides=(2, 2), padding="SAME", name=f"Conv_{i}", **extra)
       h = nn.relu(layer(h))
-    h = nn.relu(nn.Dense(256)(h.reshape(h.shape[0], -1)))
-    return _Heads(self.latent_dim, tuple(self.categorical_sizes))(h)
+    return h.reshape(h.shape[0], -1)

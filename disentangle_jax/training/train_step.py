@@ -42,12 +42,13 @@ def create_train_state(params, disc_params, tx, disc_tx) -> TrainState:
 def all_finite(tree) -> jax.Array:
   """Whether every element of a pytree of float arrays is finite, as a bool scalar.
 
-  One sum per leaf: NaN and inf propagate through a sum, and a sum is a single fused reduction,
-  where `all(isfinite(g))` writes a boolean array first (measured 3.5 against 9 ms per step for
-  the 14 M gradients of the MLP). A sum that overflows float32 (gradients around 1e35 and more)
-  also counts as non-finite.
+  `all(isfinite(leaf))` per leaf. A float sum per leaf (NaN and inf survive it) reads the same
+  memory, but XLA:CPU rewrites large float sums into tree reductions that its YNNPACK fusions
+  then run alongside the step's matrix products: in the MLP train step at batch 64 that cost
+  20% of the step (719 against 864 img/s, 939 with no check at all; measured in one process,
+  interleaved).
   """
-  return jnp.isfinite(sum(jnp.sum(leaf, dtype=jnp.float32) for leaf in jax.tree.leaves(tree)))
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, disc_tx, discriminator=None):
