@@ -1,13 +1,14 @@
 """Speed against PyTorch: the matmul peak and the beta-VAE train step, JAX and PyTorch, one machine.
 
   python benchmarks/bench_vs_torch.py                  # mlp and conv at batch 64, 256, 2048
-  python benchmarks/bench_vs_torch.py --archs conv --batch-sizes 64 --max-seconds 5
+  python benchmarks/bench_vs_torch.py --archs conv --batch-sizes 64 --rounds 2
   python benchmarks/bench_vs_torch.py --skip-jax --modes eager compile --json /tmp/torch.json
 
 Needs PyTorch: `pip install torch==2.13.0` (the project's `bench` extra). Everything is float32.
 
+What is measured:
 1. Matmul rate: `jnp.dot` (jitted) and `torch.mm` on the MLP's layer shapes and 4096^3, as
-   GFLOP/s (2*M*K*N per product); "peak" is the best of all of them.
+   GFLOP/s (2*M*K*N per product); a round's "peak" is the best of all of them in that round.
 2. JAX: the project's jitted train step, built as benchmarks/bench_train.py builds it
    (experiments/configs/beta_vae.py with model=mlp|conv, beta set to 1; Bernoulli likelihood,
    standard normal prior, K = 10, Adam lr 1e-3 for mlp and 1e-4 for conv), on one fixed random
@@ -29,9 +30,15 @@ Needs PyTorch: `pip install torch==2.13.0` (the project's `bench` extra). Everyt
    first layer's input gradient, which is not needed (printed beside torch's FlopCounterMode
    count of the same). Element-wise work (activations, loss, Adam) is not counted.
 
-Each measurement: 2 warm-up steps (the first includes torch.compile's compilation), then timed
-steps, each blocked on, until --max-seconds have been spent (at least 3, at most --max-repeats);
-the figure is the median.
+How: this machine's speed drifts by 20% and more over minutes, so JAX and PyTorch are measured
+in turn, not one after the other. Each framework runs in its own worker process (PyTorch's
+thread pool, once used, slowed JAX in the same process by up to 30%), which compiles each step
+once and keeps it. A round measures the matmul rates, then for every (arch, batch) JAX and every
+PyTorch mode back to back (who goes first alternates between rounds), with a 0.5 s pause
+between measurements. A measurement is 2 warm-up steps (the first includes any compilation),
+then timed steps, each blocked on, until --max-seconds have been spent (at least 3, at most
+--max-repeats); its figure is the median step. The table gives the median over --rounds rounds
+of each rate, and of the within-round ratios JAX / best PyTorch mode and peak fractions.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from absl import logging
 from disentangle_jax import data
 from disentangle_jax.training import config as config_lib
 from disentangle_jax.training import model as model_lib
+from disentangle_jax.training import multi_seed
 from disentangle_jax.training.checkpoint import Checkpointer
 from disentangle_jax.training.evaluate import evaluate
 from disentangle_jax.training.losses import make_loss_fn
@@ -32,15 +33,27 @@ def _format_duration(seconds: float) -> str:
   return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def run_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The seeds a run trains: config.seed, config.seed + 1, ..., config.seed + num_seeds - 1."""
+  return tuple(range(config.seed, config.seed + config.num_seeds))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the configured model, checkpointing and resuming, then evaluates it.
 
-  Returns the evaluation results, also written to `workdir/eval.json`.
+  With `config.num_seeds` = K > 1, K models (seeds `run_seeds(config)`) are trained by one
+  vmapped step (`training.multi_seed`) on the batches of `config.seed`; each seed's metrics,
+  eval.json and report go to `workdir/seed_<seed>/`.
+
+  Returns:
+    The evaluation results, also written to `workdir/eval.json`; with K > 1 seeds, a dict
+    {"seed_<seed>": results} (each also in `workdir/seed_<seed>/eval.json`).
   """
   config_lib.validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  seeds = run_seeds(config)
 
   # ---------------------------------------------------------------- data & mesh
   dataset = data.get_dataset(config.dataset, **config.dataset_kwargs)
@@ -52,31 +65,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     jax.device_count(),
   )
 
-  # ---------------------------------------------------------------- model & optimizer
+  # ---------------------------------------------------------------- model, optimizer, step
   networks = model_lib.build_networks(config, dataset.observation_shape)
-  init_key = jax.random.key(config.seed)
-  params, disc_params = model_lib.init_params(config, networks, init_key, dataset.observation_shape)
-  tx = model_lib.make_optimizer(config, params)
-  disc_tx = model_lib.make_discriminator_optimizer(config)
-  state = create_train_state(params, disc_params, tx, disc_tx)
-
-  # ---------------------------------------------------------------- update step
   loss_fn = make_loss_fn(config, networks, dataset.num_examples)
-  train_step = jit_train_step(
-    make_train_step(loss_fn, tx, disc_tx, networks.discriminator), mesh, state
-  )
-  step_rng = jax.random.fold_in(init_key, 1)
+  state, train_step, step_rng = _init_training(config, networks, loss_fn, seeds, mesh, dataset)
 
   # ---------------------------------------------------------------- checkpoint
   checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore_latest(state)
-    logging.info("resumed from the checkpoint of step %d", int(state.step))
-  start_step = int(state.step)
+    logging.info("resumed from the checkpoint of step %d", int(np.max(state.step)))
+  start_step = int(np.max(state.step))
   last_good = checkpointer.latest_step()
 
   # ---------------------------------------------------------------- train loop
-  writer = MetricsWriter(workdir)
+  if len(seeds) == 1:
+    writers = [MetricsWriter(workdir)]
+  else:
+    for seed in seeds:
+      (workdir / f"seed_{seed}").mkdir(exist_ok=True)
+    writers = [MetricsWriter(workdir / f"seed_{seed}") for seed in seeds]
   pending, window_start, window_time = [], start_step, time.perf_counter()
   batches = data.ShardedBatchIterator(
     dataset,
@@ -94,40 +102,99 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         continue
       # Close the window: one host sync, then the NaN guard, logging and checkpointing.
       window = jax.device_get(pending)
-      bad = [window_start + 1 + i for i, m in enumerate(window) if not m["finite"]]
+      bad = [window_start + 1 + i for i, m in enumerate(window) if not np.all(m["finite"])]
       if bad:
+        which = ""
+        if len(seeds) > 1:
+          finite = window[bad[0] - window_start - 1]["finite"]
+          which = f" for seed(s) {[s for s, ok in zip(seeds, finite, strict=True) if not ok]}"
         where = (
           f"the checkpoint of step {last_good} in {checkpointer.directory}"
           if (last_good is not None)
           else "none (no checkpoint was saved yet)"
         )
         raise NonFiniteError(
-          f"Non-finite loss or gradients at step {bad[0]} (steps {window_start + 1}-{step} "
-          f"checked). Last good checkpoint: {where}. Lower the learning rate or check the data."
+          f"Non-finite loss or gradients at step {bad[0]}{which} (steps {window_start + 1}-"
+          f"{step} checked). Last good checkpoint: {where}. Lower the learning rate or check "
+          "the data."
         )
-      means = {k: float(np.mean([m[k] for m in window])) for k in window[0] if k != "finite"}
+      # Per metric: [K] means over the window (one per seed; K = 1 for a single run).
+      means = {
+        k: np.reshape(np.mean([m[k] for m in window], axis=0), -1)
+        for k in window[0]
+        if k != "finite"
+      }
       elapsed = time.perf_counter() - window_time
       rate = len(window) / elapsed
-      means["steps_per_second"] = rate
-      writer.write(step, means)
-      terms = " ".join(f"{k} {v:.4g}" for k, v in means.items() if k != "steps_per_second")
+      for i, writer in enumerate(writers):
+        writer.write(step, {k: float(v[i]) for k, v in means.items()} | {"steps_per_second": rate})
+      terms = " ".join(f"{k} {np.mean(v):.4g}" for k, v in means.items())
       logging.info(
-        "step %d/%d | %.2f steps/s | ETA %s | %s",
+        "step %d/%d | %.2f steps/s | ETA %s | %s%s",
         step,
         config.num_steps,
         rate,
         _format_duration((config.num_steps - step) / rate),
         terms,
+        f" (means over {len(seeds)} seeds)" if len(seeds) > 1 else "",
       )
       pending, window_start, window_time = [], step, time.perf_counter()
       if step % config.checkpoint_every == 0 or step == config.num_steps:
         checkpointer.save(step, state)
         last_good = step
   checkpointer.close()
-  writer.close()
+  for writer in writers:
+    writer.close()
 
   # ---------------------------------------------------------------- evaluation
-  return _evaluate_and_report(config, networks, state, dataset, workdir)
+  return _evaluate_seeds(config, networks, state, dataset, workdir)
+
+
+def _init_training(config, networks, loss_fn, seeds, mesh, dataset):
+  """(initial state, jitted step, step rng): one model, or len(seeds) stacked ones."""
+  shape = dataset.observation_shape
+  if len(seeds) > 1:
+    state, tx, disc_tx = multi_seed.init_states(config, networks, seeds, shape)
+    step = multi_seed.make_multi_seed_train_step(
+      make_train_step(loss_fn, tx, disc_tx, networks.discriminator)
+    )
+    return (
+      state,
+      multi_seed.jit_multi_seed_train_step(step, mesh, state),
+      multi_seed.step_rngs(seeds),
+    )
+  init_key = jax.random.key(config.seed)
+  params, disc_params = model_lib.init_params(config, networks, init_key, shape)
+  tx = model_lib.make_optimizer(config, params)
+  disc_tx = model_lib.make_discriminator_optimizer(config)
+  state = create_train_state(params, disc_params, tx, disc_tx)
+  train_step = jit_train_step(
+    make_train_step(loss_fn, tx, disc_tx, networks.discriminator), mesh, state
+  )
+  return state, train_step, jax.random.fold_in(init_key, 1)
+
+
+def _evaluate_seeds(config, networks, state, dataset, workdir, out_dir=None) -> dict:
+  """`_evaluate_and_report` of one run, or of each seed of a multi-seed run in seed_<seed>/."""
+  seeds = run_seeds(config)
+  if len(seeds) == 1:
+    return _evaluate_and_report(config, networks, state, dataset, workdir, out_dir)
+  out_dir = workdir if out_dir is None else out_dir
+  results = {}
+  for k, seed in enumerate(seeds):
+    seed_config = config.copy_and_resolve_references()
+    with seed_config.unlocked():
+      seed_config.seed, seed_config.num_seeds = seed, 1
+    results[f"seed_{seed}"] = _evaluate_and_report(
+      seed_config,
+      networks,
+      multi_seed.unstack(state, k),
+      dataset,
+      workdir / f"seed_{seed}",
+      out_dir / f"seed_{seed}",
+    )
+  (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
+  return results
 
 
 def _evaluate_and_report(
@@ -156,11 +223,13 @@ def _evaluate_and_report(
 
 def evaluate_checkpoint(
   workdir: str, config: ml_collections.ConfigDict | None = None, *, step: int | None = None
-) -> dict[str, float]:
+) -> dict:
   """Evaluates a saved run: eval.json and the report (metrics, pictures) of one checkpoint.
 
   The latest checkpoint's go to the workdir (`eval.json`, `report/`), replacing the training
-  run's; an earlier step's go to `workdir/step_<step>/`, so the final report is kept.
+  run's; an earlier step's go to `workdir/step_<step>/`, so the final report is kept. A
+  multi-seed run (`config.num_seeds` > 1) is evaluated seed by seed, into `seed_<seed>/` below
+  those folders.
 
   Args:
     workdir: the run's folder (checkpoints/ and config.json).
@@ -169,7 +238,8 @@ def evaluate_checkpoint(
     step: the checkpoint; by default the latest.
 
   Returns:
-    The evaluation results with the headline scores under "scores".
+    The evaluation results with the headline scores under "scores" ({"seed_<seed>": results}
+    for a multi-seed run).
   """
   workdir = pathlib.Path(workdir)
   config = config_lib.validate(config or config_lib.load_saved_config(workdir / "config.json"))
@@ -183,17 +253,20 @@ def evaluate_checkpoint(
     )
   dataset = data.get_dataset(config.dataset, **config.dataset_kwargs)
   networks = model_lib.build_networks(config, dataset.observation_shape)
-  params, disc_params = model_lib.init_params(
-    config, networks, jax.random.key(config.seed), dataset.observation_shape
-  )
-  like = create_train_state(
-    params,
-    disc_params,
-    model_lib.make_optimizer(config, params),
-    model_lib.make_discriminator_optimizer(config),
-  )
+  if config.num_seeds > 1:
+    like = multi_seed.init_states(config, networks, run_seeds(config), dataset.observation_shape)[0]
+  else:
+    params, disc_params = model_lib.init_params(
+      config, networks, jax.random.key(config.seed), dataset.observation_shape
+    )
+    like = create_train_state(
+      params,
+      disc_params,
+      model_lib.make_optimizer(config, params),
+      model_lib.make_discriminator_optimizer(config),
+    )
   state = checkpointer.restore(step, like)
   checkpointer.close()
   logging.info("evaluating the checkpoint of step %d in %s", step, checkpointer.directory)
   out_dir = workdir if step == latest else workdir / f"step_{step}"
-  return _evaluate_and_report(config, networks, state, dataset, workdir, out_dir)
+  return _evaluate_seeds(config, networks, state, dataset, workdir, out_dir)

@@ -74,6 +74,20 @@ def test_unknown_choice_by_name_is_an_error():
     config_lib.validate(config)
 
 
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
+    ("num_seeds", 0, "num_seeds must be >= 1"),
+    ("seed", -1, "seed >= 0"),
+  ],
+)
+def test_bad_seeds_are_errors(key, value, message):
+  config = config_lib.base_config()
+  config[key] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(config)
+
+
 def test_isa_layout_matches_latent_size():
   config = load("isa_vae")
   assert config.model.latent_dim == 18

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from disentangle_jax.training import NonFiniteError, train_and_evaluate
+from disentangle_jax.training import NonFiniteError, evaluate_checkpoint, train_and_evaluate
 from disentangle_jax.training.checkpoint import Checkpointer
 from disentangle_jax.training.train_step import all_finite
 from tests.training.test_config import CONFIG_NAMES, load
@@ -59,6 +59,57 @@ def _final_params(workdir):
   return step, restored
 
 
+def test_multi_seed_run_follows_the_single_run_of_its_first_seed(tmp_path):
+  """num_seeds = 2: one vmapped program; seed 0's model, metrics and files are the single run's.
+
+  Both runs draw the batches of config.seed = 0, so slice 0 of the stacked state follows the
+  single run up to the reordered sums of vmap (tolerances of tests/training/test_multi_seed.py).
+  """
+  from tests.training.test_multi_seed import BAD_FRACTION, ENTRY_ATOL_LR  # and their reasoning
+
+  config = tiny("beta_vae", num_seeds=2)
+  multi = train_and_evaluate(config, str(tmp_path / "multi"))
+  single = train_and_evaluate(tiny("beta_vae"), str(tmp_path / "single"))
+  assert set(multi) == {"seed_0", "seed_1"}
+  assert json.loads((tmp_path / "multi" / "eval.json").read_text()).keys() == multi.keys()
+  for seed in (0, 1):
+    seed_dir = tmp_path / "multi" / f"seed_{seed}"
+    assert json.loads((seed_dir / "eval.json").read_text())["step"] == 4
+    lines = (seed_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 4]
+  _, state_multi = _final_params(tmp_path / "multi")
+  _, state_single = _final_params(tmp_path / "single")
+  # A gradient entry that nearly cancels can change sign with the summation order, and Adam then
+  # moves it the other way: each run moves an entry by at most (1 - b1) / sqrt(1 - b2) = 3.2 lr
+  # per step. All but a fraction BAD_FRACTION of the entries must agree to ENTRY_ATOL_LR * lr (a
+  # 1% gradient error); measured on the full-size MLP: 1.3e-6 of them off by more (largest
+  # 1.3 lr). A wrong batch or key moves most entries by O(lr).
+  lr, steps = config.learning_rate, config.num_steps
+  outside = total = 0
+  for stacked, want in zip(
+    jax.tree.leaves(state_multi["params"]), jax.tree.leaves(state_single["params"]), strict=True
+  ):
+    assert stacked.shape == (2, *want.shape)
+    error = np.abs(np.asarray(stacked[0], np.float64) - want)
+    assert np.all(error <= 2 * 3.2 * lr * steps)
+    outside += int(np.sum(error > ENTRY_ATOL_LR * lr))
+    total += want.size
+  assert outside <= BAD_FRACTION * total, (outside, total)
+  # Seed 1 is another model: its initialisation differs in every layer.
+  for stacked in jax.tree.leaves(state_multi["params"]["encoder"]):
+    assert np.any(stacked[0] != stacked[1])
+  lines = (tmp_path / "multi" / "seed_0" / "metrics.jsonl").read_text().splitlines()
+  want = (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()
+  for got_line, want_line in zip(lines, want, strict=True):
+    got_metrics, want_metrics = json.loads(got_line), json.loads(want_line)
+    for key in ("loss", "kl"):
+      assert got_metrics[key] == pytest.approx(want_metrics[key], rel=1e-5), key
+  assert multi["seed_0"]["elbo"] == pytest.approx(single["elbo"], rel=1e-4)
+  # A saved multi-seed run is evaluated seed by seed.
+  again = evaluate_checkpoint(str(tmp_path / "multi"))
+  assert again["seed_1"]["elbo"] == pytest.approx(multi["seed_1"]["elbo"], rel=1e-6)
+
+
 def test_resume_reaches_the_same_parameters(tmp_path):
   """3 steps, stop, then the same command for 6 steps == 6 uninterrupted steps (CPU, bitwise)."""
   full = train_and_evaluate(tiny("isa_vae", num_steps=6, checkpoint_every=3), str(tmp_path / "a"))
@@ -73,9 +124,13 @@ def test_resume_reaches_the_same_parameters(tmp_path):
   assert full["elbo"] == resumed["elbo"]
 
 
-def test_nan_stops_with_the_step_and_the_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("num_seeds, seeds", [(1, ""), (2, r" for seed\(s\) \[3, 4\]")])
+def test_nan_stops_with_the_step_and_the_last_good_checkpoint(tmp_path, num_seeds, seeds):
   config = tiny("vae", num_steps=8, learning_rate=1e30, checkpoint_every=2)
-  with pytest.raises(NonFiniteError, match=r"Non-finite loss or gradients at step \d+.*checkpoint"):
+  with config.unlocked():
+    config.seed, config.num_seeds = 3, num_seeds
+  match = rf"Non-finite loss or gradients at step \d+{seeds} \(steps.*checkpoint"
+  with pytest.raises(NonFiniteError, match=match):
     train_and_evaluate(config, str(tmp_path))
 
 
