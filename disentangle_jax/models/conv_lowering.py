@@ -45,6 +45,8 @@ from jax import lax
 
 # Images per chunk are chosen so that a chunk's largest array stays below this many bytes.
 CHUNK_BYTES = 16 << 20
+# Rows (pixels) per group of the kernel gradient's batched products (`_conv_kernel_grad`).
+KERNEL_GRAD_ROWS = 4096
 
 
 def space_to_depth(x: jax.Array, block: int = 2) -> jax.Array:
@@ -239,7 +241,7 @@ def _conv_kernel_grad(x, dy, kernel_shape, precision):
       [_pad_hw(dy, (a, mh - 1 - a), (bb, mw - 1 - bb)) for a, bb in offsets], -1
     )
   rows = lhs.shape[1] * lhs.shape[2]
-  groups = _largest_divisor(b, b * rows // 4096)
+  groups = _largest_divisor(b, b * rows // KERNEL_GRAD_ROWS)
   lhs = lhs.reshape(groups, -1, lhs.shape[-1])
   rhs = rhs.reshape(groups, -1, rhs.shape[-1])
   m = jnp.einsum("gsk,gsn->gkn", lhs, rhs, precision=precision).sum(0)
