@@ -1,4 +1,4 @@
-"""benchmarks/profile_step.py's two parsers: HLO instruction origins and trace durations."""
+"""The parsers of benchmarks/profile_step.py (HLO origins, trace durations) and ab_step.py."""
 
 import gzip
 import importlib
@@ -8,9 +8,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
 profile_step = importlib.import_module("profile_step")  # benchmarks/ is not a package
+ab_step = importlib.import_module("ab_step")
 
 
 def test_every_instruction_of_a_compiled_program_gets_its_shape_and_origin():
@@ -39,3 +41,27 @@ def test_durations_sum_complete_events_of_operations_only(tmp_path):
   with gzip.open(tmp_path / "plugins" / "perfetto_trace.json.gz", "wt") as f:
     json.dump({"traceEvents": events}, f)
   assert profile_step.op_durations(str(tmp_path)) == {"ynn_fusion.3": (15.5, 2), "copy.1": (2.0, 1)}
+
+
+def test_variant_settings_are_typed_like_the_constant_they_replace():
+  """Constants take their module's type, XLA options keep strings and become booleans."""
+  name, constants, options = ab_step.parse_variant(
+    "v:conv_lowering.NETWORK_CHUNK=8,xla.xla_cpu_prefer_vector_width=512,xla.flag=false"
+  )
+  assert name == "v"
+  assert constants == {(ab_step.conv_lowering, "NETWORK_CHUNK"): 8}
+  assert options == {"xla_cpu_prefer_vector_width": "512", "flag": False}
+  assert ab_step.parse_variant("base") == ("base", {}, {})
+
+
+@pytest.mark.parametrize(
+  "spec, message",
+  [
+    ("v:conv_lowering.NO_SUCH=1", "has no constant 'NO_SUCH'"),
+    ("v:numpy.pi=3", "use module.CONSTANT=value"),
+    ("v:conv_lowering.NETWORK_CHUNK", "use module.CONSTANT=value"),
+  ],
+)
+def test_bad_variant_settings_name_the_problem(spec, message):
+  with pytest.raises(ValueError, match=message):
+    ab_step.parse_variant(spec)
