@@ -21,9 +21,8 @@ import argparse
 import statistics
 import time
 
-import jax
 import numpy as np
-from bench_vs_torch import build_jax
+from bench_vs_torch import compile_jax_step, random_images, stepper
 
 from disentangle_jax.models import conv_lowering
 
@@ -52,27 +51,18 @@ def parse_variant(spec: str) -> tuple[str, dict, dict]:
   return name, constants, options
 
 
-def compile_variant(arch, batch_size, batch, rng, constants, options):
+def compile_variant(arch, images, constants, options):
   """(run, loss of the first step): the variant's step compiled with its settings in force."""
   saved = {key: getattr(*key) for key in constants}
   try:
     for (module, attr), value in constants.items():
       setattr(module, attr, value)
-    _, _, state, step = build_jax(arch, batch_size)
-    compiled = step.lower(state, batch, rng).compile(
-      **({"compiler_options": options} if options else {})
-    )
+    compiled, state, batch, rng, _ = compile_jax_step(arch, images, options)
   finally:
     for (module, attr), value in saved.items():
       setattr(module, attr, value)
-  state, metrics = compiled(state, batch, rng)
-  holder = [state]
-
-  def run():
-    holder[0], metrics = compiled(holder[0], batch, rng)
-    jax.block_until_ready((holder[0], metrics))
-
-  return run, float(metrics["loss"])
+  run = stepper(compiled, state, batch, rng)
+  return run, float(run()["loss"])
 
 
 def main():
@@ -84,16 +74,12 @@ def main():
   parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
   args = parser.parse_args()
 
-  images = (np.random.default_rng(0).random((args.batch_size, 64, 64, 1)) < 0.3).astype("f4")
-  batch, rng = jax.device_put({"image": images}), jax.random.key(1)
+  images = random_images(args.batch_size)
   runs, losses = {}, {}
   for spec in args.variants:
     name, constants, options = parse_variant(spec)
-    runs[name], losses[name] = compile_variant(
-      args.arch, args.batch_size, batch, rng, constants, options
-    )
-    for _ in range(2):
-      runs[name]()
+    runs[name], losses[name] = compile_variant(args.arch, images, constants, options)
+    runs[name]()
   first = next(iter(losses))
   for name, loss in losses.items():
     if not np.isclose(loss, losses[first], rtol=1e-5):

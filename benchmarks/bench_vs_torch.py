@@ -215,26 +215,49 @@ def build_jax(arch: str, batch_size: int):
   return config, networks, state, step
 
 
-def prepare_jax_step(arch: str, images: np.ndarray) -> tuple[Callable[[], None], dict[str, Any]]:
-  """(run, info): run() does one jitted train step on the fixed batch `images` [B, 64, 64, 1]
-  and blocks on it; info holds the compile time and XLA's FLOP estimate per image."""
+def random_images(batch_size: int) -> np.ndarray:
+  """The benchmark's fixed batch: [B, 64, 64, 1] random binary float32 images, seeded by B."""
+  rng = np.random.default_rng(batch_size)
+  return (rng.random((batch_size, *IMAGE_SHAPE)) < 0.5).astype(np.float32)
+
+
+def compile_jax_step(arch: str, images: np.ndarray, compiler_options: dict | None = None):
+  """(compiled step, initial state, device batch, rng, compile seconds) for the fixed batch
+  `images`, the step built by `build_jax` and compiled with `compiler_options` (XLA options)."""
   _, _, state, step = build_jax(arch, images.shape[0])
   batch = jax.device_put({"image": images})
   rng = jax.random.key(1)
   start = time.perf_counter()
-  compiled = step.lower(state, batch, rng).compile()
-  info: dict[str, Any] = {"compile_s": time.perf_counter() - start, "xla_flops_per_image": None}
-  try:
-    info["xla_flops_per_image"] = float(compiled.cost_analysis()["flops"]) / images.shape[0]
-  except Exception:  # the cost model is optional and backend-specific
-    pass
+  lowered = step.lower(state, batch, rng)
+  compiled = (
+    lowered.compile(compiler_options=compiler_options) if compiler_options else lowered.compile()
+  )
+  return compiled, state, batch, rng, time.perf_counter() - start
+
+
+def stepper(compiled, state, batch, rng) -> Callable[[], Any]:
+  """run(): one step of `compiled` from the state the previous call left, blocked on; returns
+  the step's metrics (the state is donated, so it is kept here, not by the caller)."""
   holder = [state]
 
   def run():
     holder[0], metrics = compiled(holder[0], batch, rng)
     jax.block_until_ready((holder[0], metrics))
+    return metrics
 
-  return run, info
+  return run
+
+
+def prepare_jax_step(arch: str, images: np.ndarray) -> tuple[Callable[[], None], dict[str, Any]]:
+  """(run, info): run() does one jitted train step on the fixed batch `images` [B, 64, 64, 1]
+  and blocks on it; info holds the compile time and XLA's FLOP estimate per image."""
+  compiled, state, batch, rng, compile_s = compile_jax_step(arch, images)
+  info: dict[str, Any] = {"compile_s": compile_s, "xla_flops_per_image": None}
+  try:
+    info["xla_flops_per_image"] = float(compiled.cost_analysis()["flops"]) / images.shape[0]
+  except Exception:  # the cost model is optional and backend-specific
+    pass
+  return stepper(compiled, state, batch, rng), info
 
 
 # PyTorch.
@@ -563,7 +586,7 @@ class Worker:
 
   def time(self, arch: str, batch: int, mode: str) -> dict[str, Any]:
     record: dict[str, Any] = {"arch": arch, "batch": batch, "mode": mode}
-    images = (np.random.default_rng(batch).random((batch, *IMAGE_SHAPE)) < 0.5).astype(np.float32)
+    images = random_images(batch)
     try:
       key = (arch, batch, mode)
       if key not in self.steps:

@@ -29,8 +29,7 @@ import tempfile
 import time
 
 import jax
-import numpy as np
-from bench_vs_torch import build_jax
+from bench_vs_torch import compile_jax_step, random_images, stepper
 
 # Trace events that are not XLA operations: the runtime's own bookkeeping and Python frames.
 _NOT_OPS = ("ThunkExecutor", "SlinkyThreadPool", "PjitFunction", "Common", "ParseArguments")
@@ -72,29 +71,22 @@ def main():
   parser.add_argument("--top", type=int, default=25, help="slowest operations to list")
   args = parser.parse_args()
 
-  _, _, state, step = build_jax(args.arch, args.batch_size)
-  images = (np.random.default_rng(0).random((args.batch_size, 64, 64, 1)) < 0.3).astype("f4")
-  batch, rng = jax.device_put({"image": images}), jax.random.key(1)
-  compiled = step.lower(state, batch, rng).compile()
+  compiled, state, batch, rng, _ = compile_jax_step(args.arch, random_images(args.batch_size))
   origins = hlo_origins(compiled.as_text())
-
-  def run(state):
-    state, metrics = compiled(state, batch, rng)
-    jax.block_until_ready((state, metrics))
-    return state
+  run = stepper(compiled, state, batch, rng)
 
   for _ in range(2):
-    state = run(state)
+    run()
   times = []
   for _ in range(args.steps):
     start = time.perf_counter()
-    state = run(state)
+    run()
     times.append(time.perf_counter() - start)
   wall = statistics.median(times)
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       for _ in range(args.steps):
-        state = run(state)
+        run()
     durations = op_durations(trace_dir)
 
   per_step = {name: total / args.steps / 1e3 for name, (total, _) in durations.items()}
