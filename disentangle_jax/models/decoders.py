@@ -66,8 +66,9 @@ class ConvDecoder(nn.Module):
       (`ConvTranspose_0` .. `ConvTranspose_3`) and, up to float32 rounding, the same outputs and
       gradients either way.
     batch_chunk: with the sub-pixel lowering, examples per chunk when the network runs a chunk
-      at a time (`conv_lowering.apply_in_chunks`, rematerialised in the backward pass): None
-      picks `conv_lowering.NETWORK_CHUNK` (16) when it divides the batch well, 0 turns it off.
+      at a time (`conv_lowering.apply_in_chunks`; the backward pass keeps the small activations
+      and recomputes the large ones): None picks `conv_lowering.NETWORK_CHUNK` (16) when it
+      divides the batch well, 0 turns it off.
       Only the transposed convolutions are chunked: the dense layers run faster on the whole
       batch.
     from_features: take the [B, 4, 4, 64] output of the dense layers instead of codes (how the
@@ -115,9 +116,11 @@ class ConvDecoder(nn.Module):
     plain = not conv_lowering.use_subpixel(self.lowering)
     deconv = nn.ConvTranspose if plain else conv_lowering.ConvTranspose
     extra = {} if plain else {"lowering": self.lowering}
+    # conv_lowering.relu: same values and gradients, kept by the chunked path's checkpoint.
+    relu = nn.relu if plain else conv_lowering.relu
     for i, features in enumerate((64, 32, 32, self.output_shape[-1])):
       layer = deconv(
         features, (4, 4), strides=(2, 2), padding="SAME", name=f"ConvTranspose_{i}", **extra
       )
-      h = layer(h) if i == 3 else nn.relu(layer(h))
+      h = layer(h) if i == 3 else relu(layer(h))
     return h

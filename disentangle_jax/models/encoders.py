@@ -107,8 +107,9 @@ class ConvEncoder(nn.Module):
       "flax" (plain `nn.Conv`). Same params (`Conv_0` .. `Conv_3`) and, up to
       float32 rounding, the same outputs and gradients either way.
     batch_chunk: with the sub-pixel lowering, examples per chunk when the network runs a chunk
-      at a time (`conv_lowering.apply_in_chunks`, rematerialised in the backward pass): None
-      picks `conv_lowering.NETWORK_CHUNK` (16) when it divides the batch well, 0 turns it off.
+      at a time (`conv_lowering.apply_in_chunks`; the backward pass keeps the small activations
+      and recomputes the large ones): None picks `conv_lowering.NETWORK_CHUNK` (16) when it
+      divides the batch well, 0 turns it off.
       Only the convolutions are chunked: the dense layers run faster on the whole batch.
     convs_only: return the flattened convolution features [B, 1024] instead of the posterior
       (how the chunked path runs the convolutions alone).
@@ -156,8 +157,10 @@ class ConvEncoder(nn.Module):
     """The four convolutions (ReLU after each): [B, 64, 64, C] -> flattened [B, 4*4*64]."""
     conv = nn.Conv if plain else conv_lowering.Conv
     extra = {} if plain else {"lowering": self.lowering}
+    # conv_lowering.relu: same values and gradients, kept by the chunked path's checkpoint.
+    relu = nn.relu if plain else conv_lowering.relu
     h = x
     for i, (features, k) in enumerate(zip((32, 32, 64, 64), self.kernel_sizes, strict=True)):
       layer = conv(features, (k, k), strides=(2, 2), padding="SAME", name=f"Conv_{i}", **extra)
-      h = nn.relu(layer(h))
+      h = relu(layer(h))
     return h.reshape(h.shape[0], -1)

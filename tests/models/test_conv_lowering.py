@@ -256,8 +256,47 @@ def test_network_matches_plain_flax(name, batch_chunk):
     np.testing.assert_allclose(a, b, rtol=0, atol=_network_tolerance(b, fan_ins))
 
 
-def test_jitted_beta_vae_loss_and_gradients_match_plain_flax():
-  """The beta-VAE loss and its gradients are the same with both lowerings of the conv VAE."""
+def test_relu_matches_jax_nn_relu():
+  """conv_lowering.relu has jax.nn.relu's values and derivative (0 at 0), jitted or not."""
+  x = jnp.array([-2.0, -1e-30, 0.0, 1e-30, 3.0])
+  for fn in (conv_lowering.relu, jax.jit(conv_lowering.relu)):
+    np.testing.assert_array_equal(fn(x), jax.nn.relu(x))
+    np.testing.assert_array_equal(jax.grad(lambda v, f=fn: f(v).sum())(x), [0, 0, 0, 1, 1])
+    dx = jnp.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    _, tangent = jax.jvp(fn, (x,), (dx,))
+    np.testing.assert_array_equal(tangent, jax.jvp(jax.nn.relu, (x,), (dx,))[1])
+
+
+def _products_in_gradient(net, x) -> int:
+  """Number of matrix products (dot_general) in the jaxpr of the gradient of sum(net(x))."""
+  params = jax.eval_shape(net.init, jax.random.key(0), x)
+  grad = jax.grad(lambda p: jax.tree.leaves(net.apply(p, x))[0].sum())
+  return str(jax.make_jaxpr(grad)(params)).count("dot_general[")
+
+
+@pytest.mark.parametrize("name", ["encoder", "decoder"])
+def test_chunked_backward_recomputes_only_large_activations(name, monkeypatch):
+  """In chunks of 2, the backward pass recomputes the forward product of exactly the layers
+  whose ReLU output per chunk is larger than SAVED_ACTIVATION_BYTES; with all of them kept it
+  has as many products as the unchunked network's backward pass, which recomputes nothing."""
+  if name == "encoder":
+    net, x = models.ConvEncoder(10), jnp.ones((4, 64, 64, 1))
+    chunk_bytes = [2 * s * s * c * 4 for s, c in ((32, 32), (16, 32), (8, 64), (4, 64))]
+  else:
+    net, x = models.ConvDecoder((64, 64, 1)), jnp.ones((4, 13))
+    chunk_bytes = [2 * s * s * c * 4 for s, c in ((8, 64), (16, 32), (32, 32))]  # last: no ReLU
+  unchunked = _products_in_gradient(net.clone(batch_chunk=0), x)
+  for limit in (1 << 30, 100_000, 40_000, 0):
+    monkeypatch.setattr(conv_lowering, "SAVED_ACTIVATION_BYTES", limit)
+    recomputed = sum(b > limit for b in chunk_bytes)
+    assert _products_in_gradient(net.clone(batch_chunk=2), x) == unchunked + recomputed, limit
+
+
+@pytest.mark.parametrize("saved_bytes", [conv_lowering.SAVED_ACTIVATION_BYTES, 100_000, 0])
+def test_jitted_beta_vae_loss_and_gradients_match_plain_flax(saved_bytes, monkeypatch):
+  """The beta-VAE loss and its gradients are the same with both lowerings of the conv VAE,
+  whichever activations the chunked path keeps (all, some, none at batch_chunk=2)."""
+  monkeypatch.setattr(conv_lowering, "SAVED_ACTIVATION_BYTES", saved_bytes)
   config = config_lib.apply_presets(config_lib.base_config(), "model=conv")
   networks = model_lib.build_networks(config, (64, 64, 1))
   shapes = jax.eval_shape(
