@@ -253,10 +253,12 @@ def prepare_jax_step(arch: str, images: np.ndarray) -> tuple[Callable[[], None],
   and blocks on it; info holds the compile time and XLA's FLOP estimate per image."""
   compiled, state, batch, rng, compile_s = compile_jax_step(arch, images)
   info: dict[str, Any] = {"compile_s": compile_s, "xla_flops_per_image": None}
-  try:
-    info["xla_flops_per_image"] = float(compiled.cost_analysis()["flops"]) / images.shape[0]
-  except Exception:  # the cost model is optional and backend-specific
-    pass
+  # XLA's cost model is backend-specific: a dict, a list of dicts, or no "flops" entry at all.
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if isinstance(cost, dict) and "flops" in cost:
+    info["xla_flops_per_image"] = float(cost["flops"]) / images.shape[0]
   return stepper(compiled, state, batch, rng), info
 
 
