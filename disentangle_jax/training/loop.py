@@ -20,7 +20,12 @@ from disentangle_jax.training.evaluate import evaluate
 from disentangle_jax.training.losses import make_loss_fn
 from disentangle_jax.training.metrics_writer import MetricsWriter
 from disentangle_jax.training.report import write_report
-from disentangle_jax.training.train_step import create_train_state, jit_train_step, make_train_step
+from disentangle_jax.training.train_step import (
+  create_train_state,
+  jit_train_step,
+  make_train_step,
+  state_is_finite,
+)
 
 
 class NonFiniteError(FloatingPointError):
@@ -31,6 +36,45 @@ def _format_duration(seconds: float) -> str:
   minutes, seconds = divmod(int(seconds), 60)
   hours, minutes = divmod(minutes, 60)
   return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def _raise_if_not_finite(
+  losses_finite: np.ndarray,
+  state_finite: np.ndarray,
+  window_start: int,
+  seeds: tuple[int, ...],
+  last_good: str,
+) -> None:
+  """Raises NonFiniteError if a window of steps went non-finite, naming the step and the seeds.
+
+  Args:
+    losses_finite: [steps, K] bools, the "finite" metric (the loss) of steps window_start + 1 ..
+      of each of the K seeds.
+    state_finite: [K] bools, whether each seed's parameters and optimizer state are finite after
+      the window's last step.
+    window_start: the step before the window.
+    seeds: the K seeds.
+    last_good: where the last good checkpoint is, for the message.
+  """
+  last = window_start + len(losses_finite)
+  steps = f"steps {window_start + 1}-{last} checked"
+  bad_rows = np.flatnonzero(~losses_finite.all(axis=1))
+  if len(bad_rows):
+    step, ok = window_start + 1 + bad_rows[0], losses_finite[bad_rows[0]]
+    what = f"Non-finite loss at step {step}"
+  elif not state_finite.all():
+    ok = state_finite
+    what = (
+      f"Non-finite parameters or optimizer state after step {last}, although every loss was "
+      "finite (a gradient overflowed)"
+    )
+  else:
+    return
+  which = f" for seed(s) {[s for s, good in zip(seeds, ok, strict=True) if not good]}"
+  raise NonFiniteError(
+    f"{what}{which if len(seeds) > 1 else ''} ({steps}). Last good checkpoint: {last_good}. "
+    "Lower the learning rate or check the data."
+  )
 
 
 def run_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -69,6 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   networks = model_lib.build_networks(config, dataset.observation_shape)
   loss_fn = make_loss_fn(config, networks, dataset.num_examples)
   state, train_step, step_rng = _init_training(config, networks, loss_fn, seeds, mesh, dataset)
+  # Parameters and optimizer states all finite: per seed, checked once per logging window.
+  state_check = jax.jit(jax.vmap(state_is_finite) if len(seeds) > 1 else state_is_finite)
 
   # ---------------------------------------------------------------- checkpoint
   checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
@@ -101,23 +147,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % config.log_every and step % config.checkpoint_every and step != config.num_steps:
         continue
       # Close the window: one host sync, then the NaN guard, logging and checkpointing.
-      window = jax.device_get(pending)
-      bad = [window_start + 1 + i for i, m in enumerate(window) if not np.all(m["finite"])]
-      if bad:
-        which = ""
-        if len(seeds) > 1:
-          finite = window[bad[0] - window_start - 1]["finite"]
-          which = f" for seed(s) {[s for s, ok in zip(seeds, finite, strict=True) if not ok]}"
-        where = (
-          f"the checkpoint of step {last_good} in {checkpointer.directory}"
-          if (last_good is not None)
-          else "none (no checkpoint was saved yet)"
-        )
-        raise NonFiniteError(
-          f"Non-finite loss or gradients at step {bad[0]}{which} (steps {window_start + 1}-"
-          f"{step} checked). Last good checkpoint: {where}. Lower the learning rate or check "
-          "the data."
-        )
+      window, state_finite = jax.device_get((pending, state_check(state)))
+      _raise_if_not_finite(
+        np.array([np.reshape(m["finite"], -1) for m in window]),
+        np.reshape(state_finite, -1),
+        window_start,
+        seeds,
+        f"the checkpoint of step {last_good} in {checkpointer.directory}"
+        if last_good is not None
+        else "none (no checkpoint was saved yet)",
+      )
       # Per metric: [K] means over the window (one per seed; K = 1 for a single run).
       means = {
         k: np.reshape(np.mean([m[k] for m in window], axis=0), -1)

@@ -43,12 +43,26 @@ def all_finite(tree) -> jax.Array:
   """Whether every element of a pytree of float arrays is finite, as a bool scalar.
 
   `all(isfinite(leaf))` per leaf. A float sum per leaf (NaN and inf survive it) reads the same
-  memory, but XLA:CPU rewrites large float sums into tree reductions that its YNNPACK fusions
-  then run alongside the step's matrix products: in the MLP train step at batch 64 that cost
-  20% of the step (719 against 864 img/s, 939 with no check at all; measured in one process,
-  interleaved).
+  memory, but XLA:CPU rewrites large float sums into tree reductions that ran slower inside
+  the train step (BUILD_NOTES, when this check ran every step).
   """
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def state_is_finite(state: TrainState) -> jax.Array:
+  """Whether every float in the parameters and optimizer states is finite, as a bool scalar.
+
+  The training loop runs this once per logging window (vmapped over seeds for a multi-seed
+  state) instead of checking every step's gradients: one pass over the parameters per window
+  rather than per step, which cost 8-12% of the MLP step at batch 64 (BUILD_NOTES). A non-finite
+  gradient cannot hide from it: Adam's moments are running averages of the gradients
+  (m' = b1 m + (1 - b1) g, b1 < 1), so an inf or NaN gradient element leaves an inf or NaN in
+  the moments, and a NaN in the parameters it updates. (Gradients of frozen prior exponents,
+  which `optax.set_to_zero` drops, update nothing and are not seen.)
+  """
+  trees = (state.params, state.opt_state, state.disc_params, state.disc_opt_state)
+  floats = [x for x in jax.tree.leaves(trees) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return all_finite(floats) if floats else jnp.bool_(True)
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, disc_tx, discriminator=None):
@@ -57,7 +71,9 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, disc_tx, 
   One step: gradients of the objective with respect to the VAE's parameters (and the prior's
   exponents), an optimizer update, and for FactorVAE a discriminator update on the step's codes
   (stopped gradient) against their dimension-permuted copies.
-  The returned metrics include "finite": whether the loss and every gradient were finite.
+  The returned metrics include "finite": whether the step's loss (and the discriminator's) was
+  finite. Gradients are not checked here but through the parameters they update
+  (`state_is_finite`, once per logging window).
   """
 
   def train_step(state: TrainState, batch, rng: jax.Array):
@@ -67,7 +83,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, disc_tx, 
     (loss, (terms, z)), grads = grad_fn(state.params, state.disc_params, batch, vae_key, state.step)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & all_finite(grads)
+    finite = jnp.isfinite(loss)
     metrics = {"loss": loss, **terms}
 
     disc_params, disc_opt_state = state.disc_params, state.disc_opt_state

@@ -7,12 +7,19 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from disentangle_jax.training import NonFiniteError, evaluate_checkpoint, train_and_evaluate
+from disentangle_jax.training import NonFiniteError, evaluate_checkpoint, loop, train_and_evaluate
 from disentangle_jax.training.checkpoint import Checkpointer
-from disentangle_jax.training.train_step import all_finite
+from disentangle_jax.training.train_step import (
+  all_finite,
+  create_train_state,
+  make_train_step,
+  state_is_finite,
+)
 from tests.training.test_config import CONFIG_NAMES, load
 
 REPO = pathlib.Path(__file__).parents[2]
@@ -129,7 +136,7 @@ def test_nan_stops_with_the_step_and_the_last_good_checkpoint(tmp_path, num_seed
   config = tiny("vae", num_steps=8, learning_rate=1e30, checkpoint_every=2)
   with config.unlocked():
     config.seed, config.num_seeds = 3, num_seeds
-  match = rf"Non-finite loss or gradients at step \d+{seeds} \(steps.*checkpoint"
+  match = rf"Non-finite loss at step \d+{seeds} \(steps.*checkpoint"
   with pytest.raises(NonFiniteError, match=match):
     train_and_evaluate(config, str(tmp_path))
 
@@ -148,6 +155,51 @@ def test_all_finite_sees_one_bad_element_in_any_leaf(bad, expected):
   # +inf and -inf in different leaves: flagged (a sum-based check would see NaN; this one, inf).
   tree["a"][0, 0], tree["b"][1][0] = np.inf, -np.inf
   assert not bool(all_finite(tree))
+
+
+def _sqrt_loss(params, disc_params, batch, key, step):
+  """sum(sqrt|w|): finite at w = 0, where its gradient is not (1 / (2 sqrt 0) = inf)."""
+  del disc_params, batch, key, step
+  return jnp.sum(jnp.sqrt(jnp.abs(params["w"]))), ({}, None)
+
+
+@pytest.mark.parametrize("num_seeds", [1, 3])
+def test_a_non_finite_gradient_under_a_finite_loss_shows_in_the_state(num_seeds):
+  """A gradient that overflows while the loss stays finite: the step's "finite" flag (the loss)
+  stays True, and `state_is_finite` of the state after the step is False for that seed only."""
+  tx = optax.adam(1e-3)
+  good, bad = {"w": jnp.ones(4)}, {"w": jnp.array([1.0, 0.0, 2.0, 3.0])}
+  seeds = [bad if k == num_seeds - 1 else good for k in range(num_seeds)]
+  states = [create_train_state(p, {}, tx, optax.identity()) for p in seeds]
+  for state in states:
+    assert bool(state_is_finite(state))
+  step = make_train_step(_sqrt_loss, tx, optax.identity())
+  if num_seeds == 1:
+    new_state, metrics = jax.jit(step)(states[0], {}, jax.random.key(0))
+    state_finite = state_is_finite(new_state)
+  else:
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    new_state, metrics = jax.jit(jax.vmap(step, in_axes=(0, None, None)))(
+      stacked, {}, jax.random.key(0)
+    )
+    state_finite = jax.vmap(state_is_finite)(new_state)
+  assert np.all(metrics["finite"])
+  np.testing.assert_array_equal(state_finite, [k < num_seeds - 1 for k in range(num_seeds)])
+
+
+def test_the_window_check_names_the_step_or_the_state():
+  """`_raise_if_not_finite`: silent when all is finite; else the first bad loss's step and its
+  seeds, or, with every loss finite, the state after the window's last step."""
+  ok = np.ones((4, 2), bool)
+  loop._raise_if_not_finite(ok, np.ones(2, bool), 10, (3, 4), "ckpt 10")
+  losses = ok.copy()
+  losses[2, 1] = losses[3, :] = False
+  with pytest.raises(NonFiniteError, match=r"loss at step 13 for seed\(s\) \[4\] \(steps 11-14"):
+    loop._raise_if_not_finite(losses, np.zeros(2, bool), 10, (3, 4), "ckpt 10")
+  with pytest.raises(NonFiniteError, match=r"state after step 14.*seed\(s\) \[3\].*ckpt 10"):
+    loop._raise_if_not_finite(ok, np.array([False, True]), 10, (3, 4), "ckpt 10")
+  with pytest.raises(NonFiniteError, match=r"^Non-finite loss at step 1 \(steps 1-1 checked\)"):
+    loop._raise_if_not_finite(np.zeros((1, 1), bool), np.ones(1, bool), 0, (0,), "none")
 
 
 def test_bad_layout_is_an_error_before_compiling(tmp_path):
