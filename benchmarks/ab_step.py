@@ -25,6 +25,7 @@ import numpy as np
 from bench_vs_torch import compile_jax_step, random_images, stepper
 
 from disentangle_jax.models import conv_lowering
+from disentangle_jax.training import host_memory
 
 MODULES = {"conv_lowering": conv_lowering}
 
@@ -111,4 +112,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_huge_pages()  # as experiments/main.py does
   main()

@@ -25,8 +25,8 @@ import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec
 
 from disentangle_jax import data
+from disentangle_jax.training import host_memory, multi_seed
 from disentangle_jax.training import model as model_lib
-from disentangle_jax.training import multi_seed
 from disentangle_jax.training.losses import make_loss_fn
 from disentangle_jax.training.train_step import (
   create_train_state,
@@ -162,4 +162,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_huge_pages()  # as experiments/main.py does
   main()

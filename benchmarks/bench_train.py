@@ -21,6 +21,7 @@ import jax
 import ml_collections
 
 from disentangle_jax import data
+from disentangle_jax.training import host_memory
 from disentangle_jax.training import model as model_lib
 from disentangle_jax.training.loop import train_and_evaluate
 from disentangle_jax.training.losses import make_loss_fn
@@ -116,4 +117,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_huge_pages()  # as experiments/main.py does
   main()

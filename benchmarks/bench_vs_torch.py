@@ -30,6 +30,10 @@ What is measured:
    first layer's input gradient, which is not needed (printed beside torch's FlopCounterMode
    count of the same). Element-wise work (activations, loss, Adam) is not counted.
 
+Both worker processes run with the environment `experiments/main.py` gives training: on Linux
+with glibc 2.35+, huge-page malloc (`training.host_memory`; DISENTANGLE_JAX_HUGE_PAGES=0 for
+glibc's default), which the driver restarts itself with and the workers inherit.
+
 How: this machine's speed drifts by 20% and more over minutes, so JAX and PyTorch are measured
 in turn, not one after the other. Each framework runs in its own worker process (PyTorch's
 thread pool, once used, slowed JAX in the same process by up to 30%), which compiles each step
@@ -64,6 +68,7 @@ from bench_train import load_config
 from disentangle_jax import data, models
 from disentangle_jax import distributions as dist
 from disentangle_jax import objectives as obj
+from disentangle_jax.training import host_memory
 from disentangle_jax.training import model as model_lib
 from disentangle_jax.training.losses import make_loss_fn
 from disentangle_jax.training.train_step import (
@@ -802,6 +807,7 @@ def main():
     "jax": jax.__version__,
     "jax_devices": f"{jax.device_count()} {jax.devices()[0].platform}",
     "load_average_start": os.getloadavg(),
+    "host_memory": host_memory.describe(),  # both workers inherit it
   }
   print(", ".join(f"{k} {v}" for k, v in machine.items()), flush=True)
   results: dict[str, Any] = {"machine": machine, "args": vars(args)}
@@ -856,4 +862,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_huge_pages()  # as experiments/main.py does
   main()

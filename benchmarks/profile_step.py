@@ -31,6 +31,8 @@ import time
 import jax
 from bench_vs_torch import compile_jax_step, random_images, stepper
 
+from disentangle_jax.training import host_memory
+
 # Trace events that are not XLA operations: the runtime's own bookkeeping and Python frames.
 _NOT_OPS = ("ThunkExecutor", "SlinkyThreadPool", "PjitFunction", "Common", "ParseArguments")
 
@@ -108,4 +110,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_huge_pages()  # as experiments/main.py does
   main()
