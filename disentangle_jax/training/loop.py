@@ -66,7 +66,7 @@ def _raise_if_not_finite(
     ok = state_finite
     what = (
       f"Non-finite parameters or optimizer state after step {last}, although every loss was "
-      "finite (a gradient overflowed)"
+      "finite (a gradient or an optimizer moment overflowed)"
     )
   else:
     return
