@@ -6,8 +6,9 @@ step pays one page fault per 4 KiB page it touches. On a 2-core AMD EPYC that wa
 per step for the MLP at batch 64 (a 33 MiB buffer) and 50,000 at batch 2048 (196 MiB).
 glibc 2.35 and later can ask the kernel for 2 MiB transparent huge pages on the memory it maps
 (the tunable `glibc.malloc.hugetlb=1`), which takes 512 times fewer faults. With it, the MLP
-step ran 20% faster at batch 64 and 10% faster at batch 2048; the conv step, whose chunked
-buffers stay below the threshold, was unchanged (`benchmarks/ab_huge_pages.py`, BUILD_NOTES).
+step ran 21% faster at batch 64 and 9% faster at batch 2048; the conv step, whose chunked
+buffers stay small, was level at batch 64 and 6-7% faster at 256 and 2048
+(`benchmarks/ab_huge_pages.py`, BUILD_NOTES).
 
 glibc reads its tunables once, when the process starts, so `reexec_with_huge_pages` restarts
 the process (same interpreter, same arguments) with the tunable added to GLIBC_TUNABLES.
@@ -86,6 +87,8 @@ def reexec_with_huge_pages() -> None:
 def describe() -> str:
   """One line for the log: whether malloc's large buffers get huge pages, and why."""
   tunables = os.environ.get("GLIBC_TUNABLES", "")
-  if f"{TUNABLE}=1" in tunables.split(":"):
+  settings = [item.partition("=") for item in tunables.split(":")]
+  values = [value for name, _, value in settings if name == TUNABLE]
+  if values and values[-1] not in ("", "0"):  # 1: madvise, 2: hugetlbfs pages
     return f"malloc with transparent huge pages (GLIBC_TUNABLES={tunables})"
   return f"default malloc (kernel huge page mode {thp_mode()}, GLIBC_TUNABLES={tunables!r})"
