@@ -68,6 +68,7 @@ from bench_train import load_config
 from disentangle_jax import data, models
 from disentangle_jax import distributions as dist
 from disentangle_jax import objectives as obj
+from disentangle_jax.models import conv_lowering
 from disentangle_jax.training import host_memory
 from disentangle_jax.training import model as model_lib
 from disentangle_jax.training.losses import make_loss_fn
@@ -808,6 +809,7 @@ def main():
     "jax_devices": f"{jax.device_count()} {jax.devices()[0].platform}",
     "load_average_start": os.getloadavg(),
     "host_memory": host_memory.describe(),  # both workers inherit it
+    "jax_conv_kernels": conv_lowering.resolve_lowering("auto"),  # what the conv net runs on
   }
   print(", ".join(f"{k} {v}" for k, v in machine.items()), flush=True)
   results: dict[str, Any] = {"machine": machine, "args": vars(args)}

@@ -1,5 +1,10 @@
 """Fast XLA:CPU lowering of the stride-2 "SAME" convolutions of the conv encoder and decoder.
 
+Two lowerings replace XLA's slow strided and transposed convolutions on CPU: oneDNN's JIT
+convolutions as XLA custom calls (`conv_s2_onednn`, `conv_transpose_s2_onednn`; see
+`disentangle_jax.kernels.onednn`), which "auto" takes for float32 layers where they build, and
+the sub-pixel matrix products below, which it takes otherwise.
+
 On XLA:CPU a convolution with input dilation (a transposed convolution, and so the input gradient
 of every strided convolution) runs as a slow generic loop, kernel gradients need large transposes
 of the activations, and even the forward strided convolutions with these few channels are slow.
@@ -44,6 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
+
+from disentangle_jax.kernels import onednn
 
 # Images per chunk are chosen so that a chunk's largest array stays below this many bytes.
 CHUNK_BYTES = 16 << 20
@@ -478,7 +485,95 @@ def conv_transpose_s2_same(
   return _conv_transpose_s2_same(x, kernel, precision, chunk)
 
 
-LOWERINGS = ("auto", "flax", "subpixel")
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_s2_onednn(x: jax.Array, kernel: jax.Array, strides=(2, 2)) -> jax.Array:
+  """`lax.conv_general_dilated(x, kernel, strides, "SAME")`, NHWC/HWIO float32, by oneDNN.
+
+  Forward, input gradient and kernel gradient are oneDNN's convolution primitives
+  (`kernels.onednn`). Reverse mode only (`jax.custom_vjp`).
+  """
+  return onednn.conv_forward(x, kernel, strides, "SAME")
+
+
+def _conv_s2_onednn_fwd(x, kernel, strides):
+  return onednn.conv_forward(x, kernel, strides, "SAME"), (x, kernel)
+
+
+def _conv_s2_onednn_bwd(strides, res, dy):
+  x, kernel = res
+  dx = onednn.conv_backward_data(dy, kernel, x.shape, strides, "SAME")
+  dk = onednn.conv_backward_weights(x, dy, kernel.shape, strides, "SAME")
+  return dx, dk
+
+
+conv_s2_onednn.defvjp(_conv_s2_onednn_fwd, _conv_s2_onednn_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_transpose_s2_onednn(x: jax.Array, kernel: jax.Array, strides=(2, 2)) -> jax.Array:
+  """`lax.conv_transpose(x, kernel, strides, "SAME")` (kernel not flipped), by oneDNN.
+
+  The transposed convolution with kernel W is A_K^T for A_K the "SAME" convolution of
+  [B, s H, s W, O] images with K = flip_swap(W): oneDNN's backward-data primitive. Its input
+  gradient is A_K dy (forward primitive) and its kernel gradient flip_swap of A_K's kernel
+  gradient at input dy and output cotangent x (backward-weights primitive).
+  """
+  return _conv_transpose_s2_onednn_fwd(x, kernel, strides)[0]
+
+
+def _transposed_geometry(x, kernel, strides):
+  n, h, w, _ = x.shape
+  return (n, strides[0] * h, strides[1] * w, kernel.shape[-1]), flip_swap(kernel)
+
+
+def _conv_transpose_s2_onednn_fwd(x, kernel, strides):
+  y_shape, adjoint_kernel = _transposed_geometry(x, kernel, strides)
+  return onednn.conv_backward_data(x, adjoint_kernel, y_shape, strides, "SAME"), (x, kernel)
+
+
+def _conv_transpose_s2_onednn_bwd(strides, res, dy):
+  x, kernel = res
+  _, adjoint_kernel = _transposed_geometry(x, kernel, strides)
+  dx = onednn.conv_forward(dy, adjoint_kernel, strides, "SAME")
+  dk = onednn.conv_backward_weights(dy, x, adjoint_kernel.shape, strides, "SAME")
+  return dx, flip_swap(dk)
+
+
+conv_transpose_s2_onednn.defvjp(_conv_transpose_s2_onednn_fwd, _conv_transpose_s2_onednn_bwd)
+
+
+LOWERINGS = ("auto", "flax", "subpixel", "onednn")
+# What "auto" runs on the CPU backend: "onednn" (oneDNN's convolutions, where they build and load
+# and the layer is float32; else the sub-pixel products) or "subpixel".
+CPU_DEFAULT = "onednn"
+
+
+def resolve_lowering(lowering: str, dtype=jnp.float32) -> str:
+  """The kernels that layers with `lowering` and this dtype run: "flax", "subpixel" or "onednn".
+
+  "auto" is "flax" off the CPU backend; on it, `CPU_DEFAULT`, with "onednn" falling back to
+  "subpixel" for other dtypes than float32 or where `kernels.onednn.available()` is False.
+
+  Raises:
+    ValueError: for a value not in `LOWERINGS`, or "onednn" for a dtype other than float32 or
+      where the oneDNN kernels cannot run (the message says why).
+  """
+  if lowering not in LOWERINGS:
+    raise ValueError(f"lowering must be one of {LOWERINGS}; got {lowering!r}.")
+  float32 = jnp.dtype(dtype) == jnp.float32
+  if lowering == "auto":
+    if jax.default_backend() != "cpu":
+      return "flax"
+    if CPU_DEFAULT == "onednn" and not (float32 and onednn.available()):
+      return "subpixel"
+    return CPU_DEFAULT
+  if lowering == "onednn":
+    if not float32:
+      raise ValueError(f"lowering='onednn' runs float32 layers only; got {jnp.dtype(dtype)}.")
+    if jax.default_backend() != "cpu":
+      raise ValueError("lowering='onednn' runs on the CPU backend only.")
+    onednn.load()
+  return lowering
 
 
 def _pair(value) -> tuple[int, ...]:
@@ -489,19 +584,9 @@ def _pair(value) -> tuple[int, ...]:
   return tuple(value)
 
 
-def use_subpixel(lowering: str) -> bool:
-  """Whether `lowering` selects the sub-pixel path: "subpixel", or "auto" on the CPU backend.
-
-  Raises:
-    ValueError: for a value not in `LOWERINGS`.
-  """
-  if lowering not in LOWERINGS:
-    raise ValueError(f"lowering must be one of {LOWERINGS}; got {lowering!r}.")
-  return lowering == "subpixel" or (lowering == "auto" and jax.default_backend() == "cpu")
-
-
-def _use_subpixel(module: nn.Module, inputs: jax.Array, eligible: bool) -> bool:
-  """Whether a layer takes the sub-pixel path; "subpixel" on an ineligible layer is an error."""
+def _fast_lowering(module: nn.Module, inputs: jax.Array, eligible: bool) -> str:
+  """The layer's kernels: "flax", "subpixel" or "onednn"; the latter two on an ineligible
+  layer are an error."""
   eligible = (
     eligible
     and inputs.ndim == 4
@@ -513,12 +598,15 @@ def _use_subpixel(module: nn.Module, inputs: jax.Array, eligible: bool) -> bool:
     and _pair(module.kernel_dilation) == (1, 1)
     and module.mask is None
   )
-  if module.lowering == "subpixel" and not eligible:
+  if module.lowering in ("subpixel", "onednn") and not eligible:
     raise ValueError(
-      f"{type(module).__name__} lowering='subpixel' needs [B, H, W, C] inputs, a 2-D kernel, "
-      "strides 2, 'SAME' padding and no dilation, mask or feature groups."
+      f"{type(module).__name__} lowering={module.lowering!r} needs [B, H, W, C] inputs, a 2-D "
+      "kernel, strides 2, 'SAME' padding and no dilation, mask or feature groups."
     )
-  return use_subpixel(module.lowering) and eligible
+  kernels = resolve_lowering(
+    module.lowering, module.dtype or jnp.result_type(inputs, module.param_dtype)
+  )
+  return kernels if eligible else "flax"
 
 
 def _kernel_and_bias(module: nn.Module, inputs: jax.Array):
@@ -532,12 +620,13 @@ def _kernel_and_bias(module: nn.Module, inputs: jax.Array):
 
 
 class Conv(nn.Conv):
-  """`nn.Conv` whose stride-2 "SAME" case runs `conv_s2_same` (same params, same outputs).
+  """`nn.Conv` whose stride-2 "SAME" case runs oneDNN or `conv_s2_same` (same params, outputs).
 
   Attributes:
-    lowering: "auto" (the sub-pixel gradient on CPU, where XLA's is slow; `nn.Conv` elsewhere),
-      "subpixel" (always) or "flax" (plain `nn.Conv`). Every other configuration is plain
-      `nn.Conv`.
+    lowering: "auto" (on CPU, where XLA's strided convolutions are slow: oneDNN's convolutions
+      `conv_s2_onednn` for float32 where they are available, else the sub-pixel products
+      `conv_s2_same`; `nn.Conv` elsewhere), "onednn", "subpixel" or "flax" (plain `nn.Conv`).
+      Every other configuration is plain `nn.Conv`.
   """
 
   lowering: str = "auto"
@@ -550,22 +639,27 @@ class Conv(nn.Conv):
       and self.conv_general_dilated is None
       and self.conv_general_dilated_cls is None
     )
-    if not _use_subpixel(self, inputs, eligible):
+    kernels = _fast_lowering(self, inputs, eligible)
+    if kernels == "flax":
       return super().__call__(inputs)
     inputs, kernel, bias = _kernel_and_bias(self, inputs)
-    y = conv_s2_same(inputs, kernel, precision=self.precision)
+    if kernels == "onednn":
+      y = conv_s2_onednn(inputs, kernel)
+    else:
+      y = conv_s2_same(inputs, kernel, precision=self.precision)
     return y if bias is None else y + bias
 
 
 class ConvTranspose(nn.ConvTranspose):
-  """`nn.ConvTranspose` whose stride-2 "SAME" case runs `conv_transpose_s2_same`.
+  """`nn.ConvTranspose` whose stride-2 "SAME" case runs oneDNN or `conv_transpose_s2_same`.
 
   Same params and outputs as `nn.ConvTranspose` (kernel [kh, kw, C_in, C_out], not flipped).
 
   Attributes:
-    lowering: "auto" (the sub-pixel convolution on CPU; `nn.ConvTranspose` elsewhere),
-      "subpixel" (always) or "flax" (plain `nn.ConvTranspose`). Every other configuration is
-      plain `nn.ConvTranspose`.
+    lowering: "auto" (on CPU: oneDNN's `conv_transpose_s2_onednn` for float32 where it is
+      available, else the sub-pixel convolution `conv_transpose_s2_same`; `nn.ConvTranspose`
+      elsewhere), "onednn", "subpixel" or "flax" (plain `nn.ConvTranspose`). Every other
+      configuration is plain `nn.ConvTranspose`.
   """
 
   lowering: str = "auto"
@@ -573,8 +667,12 @@ class ConvTranspose(nn.ConvTranspose):
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
     eligible = not self.transpose_kernel and self.preferred_element_type is None
-    if not _use_subpixel(self, inputs, eligible):
+    kernels = _fast_lowering(self, inputs, eligible)
+    if kernels == "flax":
       return super().__call__(inputs)
     inputs, kernel, bias = _kernel_and_bias(self, inputs)
-    y = conv_transpose_s2_same(inputs, kernel, precision=self.precision)
+    if kernels == "onednn":
+      y = conv_transpose_s2_onednn(inputs, kernel)
+    else:
+      y = conv_transpose_s2_same(inputs, kernel, precision=self.precision)
     return y if bias is None else y + bias

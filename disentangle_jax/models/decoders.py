@@ -60,12 +60,13 @@ class ConvDecoder(nn.Module):
 
   Attributes:
     output_shape: (64, 64, C); only the channel count is free.
-    lowering: how the transposed convolutions run: "auto" ("subpixel" on the CPU backend,
-      "flax" elsewhere), "subpixel" (`conv_lowering.ConvTranspose`: sub-pixel convolutions as
-      matrix products) or "flax" (plain `nn.ConvTranspose`). Same params
-      (`ConvTranspose_0` .. `ConvTranspose_3`) and, up to float32 rounding, the same outputs and
-      gradients either way.
-    batch_chunk: with the sub-pixel lowering, examples per chunk when the network runs a chunk
+    lowering: how the transposed convolutions run: "auto" (on the CPU backend "onednn" for float32
+      where oneDNN's kernels build, else "subpixel"; "flax" elsewhere), "onednn"
+      (`conv_lowering.ConvTranspose` with oneDNN's convolutions as XLA custom calls), "subpixel"
+      (`conv_lowering.ConvTranspose`: matrix products, sub-pixel gradients) or "flax" (plain
+      `nn.ConvTranspose`). Same params and, up to float32 rounding, the same outputs and gradients
+      every way.
+    batch_chunk: with the sub-pixel kernels, examples per chunk when the network runs a chunk
       at a time (`conv_lowering.apply_in_chunks`; the backward pass keeps the small activations
       and recomputes the large ones): None picks `conv_lowering.NETWORK_CHUNK` (16) when it
       divides the batch well, 0 turns it off.
@@ -104,8 +105,8 @@ class ConvDecoder(nn.Module):
     h = nn.relu(nn.Dense(256)(code))
     h = nn.relu(nn.Dense(1024)(h)).reshape(code.shape[0], 4, 4, 64)
     chunk = conv_lowering.network_chunk(code.shape[0], self.batch_chunk)
-    subpixel = conv_lowering.use_subpixel(self.lowering)
-    if subpixel and chunk < code.shape[0] and conv_lowering.can_chunk(self):
+    kernels = conv_lowering.resolve_lowering(self.lowering, h.dtype)
+    if kernels == "subpixel" and chunk < code.shape[0] and conv_lowering.can_chunk(self):
       # Only the transposed convolutions run a chunk at a time; the dense layers take the
       # whole batch.
       return conv_lowering.apply_in_chunks(self, h, chunk, batch_chunk=0, from_features=True)
@@ -113,7 +114,7 @@ class ConvDecoder(nn.Module):
 
   def _deconvs(self, h: jax.Array) -> jax.Array:
     """The four transposed convolutions: [B, 4, 4, 64] -> [B, 64, 64, C] logits."""
-    plain = not conv_lowering.use_subpixel(self.lowering)
+    plain = conv_lowering.resolve_lowering(self.lowering, h.dtype) == "flax"
     deconv = nn.ConvTranspose if plain else conv_lowering.ConvTranspose
     extra = {} if plain else {"lowering": self.lowering}
     # conv_lowering.relu: same values and gradients, kept by the chunked path's checkpoint.

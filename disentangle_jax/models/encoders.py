@@ -102,11 +102,13 @@ class ConvEncoder(nn.Module):
     latent_dim: K, the number of continuous (Gaussian) latents.
     categorical_sizes: K_i, the number of categories of each categorical latent.
     kernel_sizes: the four convolutions' kernel sizes.
-    lowering: how the convolutions run: "auto" ("subpixel" on the CPU backend, "flax"
-      elsewhere), "subpixel" (`conv_lowering.Conv`: matrix products, sub-pixel gradients) or
-      "flax" (plain `nn.Conv`). Same params (`Conv_0` .. `Conv_3`) and, up to
-      float32 rounding, the same outputs and gradients either way.
-    batch_chunk: with the sub-pixel lowering, examples per chunk when the network runs a chunk
+    lowering: how the convolutions run: "auto" (on the CPU backend "onednn" for float32
+      where oneDNN's kernels build, else "subpixel"; "flax" elsewhere), "onednn"
+      (`conv_lowering.Conv` with oneDNN's convolutions as XLA custom calls), "subpixel"
+      (`conv_lowering.Conv`: matrix products, sub-pixel gradients) or "flax" (plain
+      `nn.Conv`). Same params and, up to float32 rounding, the same outputs and gradients
+      every way.
+    batch_chunk: with the sub-pixel kernels, examples per chunk when the network runs a chunk
       at a time (`conv_lowering.apply_in_chunks`; the backward pass keeps the small activations
       and recomputes the large ones): None picks `conv_lowering.NETWORK_CHUNK` (16) when it
       divides the batch well, 0 turns it off.
@@ -141,9 +143,10 @@ class ConvEncoder(nn.Module):
     _check_images(x)
     if len(self.kernel_sizes) != 4:
       raise ValueError(f"ConvEncoder needs 4 kernel sizes; got {self.kernel_sizes}.")
-    plain = not conv_lowering.use_subpixel(self.lowering)
+    kernels = conv_lowering.resolve_lowering(self.lowering, jnp.result_type(x, jnp.float32))
+    plain = kernels == "flax"
     chunk = conv_lowering.network_chunk(x.shape[0], self.batch_chunk)
-    if not plain and chunk < x.shape[0] and conv_lowering.can_chunk(self):
+    if kernels == "subpixel" and chunk < x.shape[0] and conv_lowering.can_chunk(self):
       # Only the convolutions run a chunk at a time; the dense layers take the whole batch.
       h = conv_lowering.apply_in_chunks(self, x, chunk, batch_chunk=0, convs_only=True)
     else:

@@ -1,4 +1,4 @@
-"""The sub-pixel lowering of the stride-2 convolutions equals the plain Flax layers.
+"""The sub-pixel and oneDNN lowerings of the stride-2 convolutions equal the plain Flax layers.
 
 Tolerances come from the accumulation length. A float32 sum of n products computed in any order
 differs from the exact one by at most gamma_n * sum |x_i w_i|, gamma_n = n eps / (1 - n eps)
@@ -44,11 +44,11 @@ def _assert_within(actual, expected, bound, what: str):
   assert np.all(excess <= 0), f"{what}: max |diff| - bound = {excess.max():.3g}"
 
 
-def _layers(transpose: bool, features: int, k: int):
+def _layers(transpose: bool, features: int, k: int, lowering: str = "subpixel"):
   plain = nn.ConvTranspose if transpose else nn.Conv
   fast = conv_lowering.ConvTranspose if transpose else conv_lowering.Conv
   kwargs = {"features": features, "kernel_size": (k, k), "strides": (2, 2), "padding": "SAME"}
-  return plain(**kwargs), fast(lowering="subpixel", **kwargs)
+  return plain(**kwargs), fast(lowering=lowering, **kwargs)
 
 
 def _random_params(module, x, seed):
@@ -91,12 +91,13 @@ def _layer_results(plain, fast, params, x, projection):
   }
 
 
+@pytest.mark.parametrize("lowering", ["subpixel", "onednn"])
 @pytest.mark.parametrize("transpose", [False, True], ids=["conv", "conv_transpose"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}_h{}_w{}_c{}_o{}_k{}".format(*c))
-def test_layer_output_and_gradients_match_flax(transpose, case):
+def test_layer_output_and_gradients_match_flax(transpose, case, lowering):
   """Output, input gradient and kernel/bias gradients equal the plain layer's, within the bound."""
   b, h, w, c_in, c_out, k = case
-  plain, fast = _layers(transpose, c_out, k)
+  plain, fast = _layers(transpose, c_out, k, lowering)
   x = _normal(0, (b, h, w, c_in))
   params = _random_params(plain, x, seed=1)
   fast_params = jax.eval_shape(fast.init, jax.random.key(1), x)
@@ -161,7 +162,7 @@ def test_scatter_s2_is_the_adjoint_of_the_strided_convolution():
 
 def test_chunked_network_records_intermediates_unchunked():
   """capture_intermediates sees every layer's full-batch output even where chunking would run."""
-  encoder = models.ConvEncoder(10, batch_chunk=2)
+  encoder = models.ConvEncoder(10, lowering="subpixel", batch_chunk=2)
   x = jnp.zeros((4, 64, 64, 1))
   params = _random_tree(jax.eval_shape(encoder.init, jax.random.key(0), x), seed=0)
   _, state = jax.eval_shape(
@@ -235,12 +236,21 @@ ENCODER_FAN_INS = {  # per layer: kernel taps x input channels (+1 bias), for C 
 
 
 @pytest.mark.parametrize(
-  "name, batch_chunk",
-  [("conv", None), ("conv", 2), ("conv_k4", None), ("decoder", None), ("decoder", 2)],
+  "name, lowering, batch_chunk",
+  [
+    ("conv", "subpixel", None),
+    ("conv", "subpixel", 2),
+    ("conv_k4", "subpixel", None),
+    ("decoder", "subpixel", None),
+    ("decoder", "subpixel", 2),
+    ("conv", "onednn", None),
+    ("conv_k4", "onednn", None),
+    ("decoder", "onednn", None),
+  ],
 )
-def test_network_matches_plain_flax(name, batch_chunk):
-  """ConvEncoder / ConvDecoder (auto: sub-pixel on CPU), whole or in chunks, give the plain
-  Flax outputs."""
+def test_network_matches_plain_flax(name, lowering, batch_chunk):
+  """ConvEncoder / ConvDecoder with the sub-pixel lowering (whole or in chunks) or oneDNN's
+  convolutions give the plain Flax outputs."""
   if name == "decoder":
     net, x = models.ConvDecoder((64, 64, 2)), _normal(0, (4, 13))
     fan_ins = (13, 256, 4 * 64, 4 * 64, 4 * 32, 4 * 32)  # 2x2 taps per output and channel
@@ -248,7 +258,7 @@ def test_network_matches_plain_flax(name, batch_chunk):
     net = models.make_encoder(name, latent_dim=10, categorical_sizes=(3,))
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 64, 64, 3)), jnp.float32)
     fan_ins = ENCODER_FAN_INS[name]
-  net = net.clone(batch_chunk=batch_chunk)
+  net = net.clone(lowering=lowering, batch_chunk=batch_chunk)
   params = _random_tree(jax.eval_shape(net.init, jax.random.key(0), x), seed=1)
   plain = net.clone(lowering="flax")
   out, ref = jax.jit(lambda p, x: (net.apply(p, x), plain.apply(p, x)))(params, x)
@@ -280,10 +290,10 @@ def test_chunked_backward_recomputes_only_large_activations(name, monkeypatch):
   whose ReLU output per chunk is larger than SAVED_ACTIVATION_BYTES; with all of them kept it
   has as many products as the unchunked network's backward pass, which recomputes nothing."""
   if name == "encoder":
-    net, x = models.ConvEncoder(10), jnp.ones((4, 64, 64, 1))
+    net, x = models.ConvEncoder(10, lowering="subpixel"), jnp.ones((4, 64, 64, 1))
     chunk_bytes = [2 * s * s * c * 4 for s, c in ((32, 32), (16, 32), (8, 64), (4, 64))]
   else:
-    net, x = models.ConvDecoder((64, 64, 1)), jnp.ones((4, 13))
+    net, x = models.ConvDecoder((64, 64, 1), lowering="subpixel"), jnp.ones((4, 13))
     chunk_bytes = [2 * s * s * c * 4 for s, c in ((8, 64), (16, 32), (32, 32))]  # last: no ReLU
   unchunked = _products_in_gradient(net.clone(batch_chunk=0), x)
   for limit in (1 << 30, 100_000, 40_000, 0):
@@ -294,8 +304,9 @@ def test_chunked_backward_recomputes_only_large_activations(name, monkeypatch):
 
 @pytest.mark.parametrize("saved_bytes", [conv_lowering.SAVED_ACTIVATION_BYTES, 100_000, 0])
 def test_jitted_beta_vae_loss_and_gradients_match_plain_flax(saved_bytes, monkeypatch):
-  """The beta-VAE loss and its gradients are the same with both lowerings of the conv VAE,
-  whichever activations the chunked path keeps (all, some, none at batch_chunk=2)."""
+  """The beta-VAE loss and its gradients are the same with every lowering of the conv VAE,
+  whichever activations the sub-pixel lowering's chunked path keeps (all, some, none at
+  batch_chunk=2)."""
   monkeypatch.setattr(conv_lowering, "SAVED_ACTIVATION_BYTES", saved_bytes)
   config = config_lib.apply_presets(config_lib.base_config(), "model=conv")
   networks = model_lib.build_networks(config, (64, 64, 1))
@@ -307,7 +318,7 @@ def test_jitted_beta_vae_loss_and_gradients_match_plain_flax(saved_bytes, monkey
   batch = {"image": jnp.asarray(images, jnp.float32)}
 
   def loss_fn(lowering):
-    chunk = {"batch_chunk": 2} if lowering == "auto" else {}  # also check the chunked path
+    chunk = {"batch_chunk": 2} if lowering == "subpixel" else {}  # also check the chunked path
     nets = dataclasses.replace(
       networks,
       encoder=networks.encoder.clone(lowering=lowering, **chunk),
@@ -316,10 +327,14 @@ def test_jitted_beta_vae_loss_and_gradients_match_plain_flax(saved_bytes, monkey
     loss_fn = make_loss_fn(config, nets, 737_280)
     return jax.value_and_grad(lambda p: loss_fn(p, {}, batch, jax.random.key(2), 0)[0])
 
-  both = jax.jit(lambda p: (loss_fn("auto")(p), loss_fn("flax")(p)))
-  (loss, grads), (loss_ref, grads_ref) = both(params)
-  # The loss sums 4096 Bernoulli terms per image after ~10 layers: relative 2 gamma_n, n ~ 5000.
-  np.testing.assert_allclose(loss, loss_ref, rtol=2 * _gamma(5000))
-  for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
-    scale = float(jnp.max(jnp.abs(g_ref)))
-    np.testing.assert_allclose(g, g_ref, rtol=0, atol=2 * _gamma(5000) * scale + 1e-30)
+  lowerings = ("subpixel", "onednn")
+  results, (loss_ref, grads_ref) = jax.jit(
+    lambda p: ([loss_fn(name)(p) for name in lowerings], loss_fn("flax")(p))
+  )(params)
+  for lowering, (loss, grads) in zip(lowerings, results, strict=True):
+    # The loss sums 4096 Bernoulli terms per image after ~10 layers: relative 2 gamma_n, n ~ 5000.
+    np.testing.assert_allclose(loss, loss_ref, rtol=2 * _gamma(5000), err_msg=lowering)
+    for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+      scale = float(jnp.max(jnp.abs(g_ref)))
+      atol = 2 * _gamma(5000) * scale + 1e-30
+      np.testing.assert_allclose(g, g_ref, rtol=0, atol=atol, err_msg=lowering)

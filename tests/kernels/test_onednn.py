@@ -1,0 +1,153 @@
+"""oneDNN's convolutions (an XLA custom call) equal XLA's, and the build falls back cleanly.
+
+Tolerances: a float32 sum of n products in any order is within gamma_n * sum |x_i w_i| of the
+exact sum, gamma_n = n eps / (1 - n eps) (Higham 2002, eq. 3.5), so two orders differ by at most
+2 gamma_n sum |x_i w_i|; sum |x_i w_i| per entry is the reference computed on |x|, |w| (and the
+absolute cotangent), and n the longest sum: kh kw C for the output, kh kw O for the input
+gradient, N OH OW for the kernel gradient.
+"""
+
+import platform
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from disentangle_jax.kernels import onednn
+from disentangle_jax.models import conv_lowering
+
+EPS = float(jnp.finfo(jnp.float32).eps)
+SUPPORTED = sys.platform == "linux" and platform.machine() == "x86_64"
+needs_onednn = pytest.mark.skipif(not SUPPORTED, reason="the kernels are built for Linux x86-64")
+
+
+def _gamma(n: int) -> float:
+  return n * EPS / (1 - n * EPS)
+
+
+def _normal(seed, shape):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _xla_conv(x, kernel, strides, padding):
+  dn = ("NHWC", "HWIO", "NHWC")
+  return lax.conv_general_dilated(
+    x, kernel, strides, padding, dimension_numbers=dn, precision=lax.Precision.HIGHEST
+  )
+
+
+def _assert_within(actual, expected, bound, what):
+  excess = np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64)) - bound
+  assert actual.shape == expected.shape, what
+  assert np.all(excess <= 0), f"{what}: max |diff| - bound = {excess.max():.3g}"
+
+
+# (x shape, kernel shape, strides, padding): the nets' stride-2 "SAME" layers, odd sizes, one
+# channel, stride 1, asymmetric explicit padding and "VALID".
+GEOMETRIES = [
+  ((2, 16, 16, 32), (4, 4, 32, 32), (2, 2), "SAME"),
+  ((3, 9, 7, 1), (4, 4, 1, 8), (2, 2), "SAME"),
+  ((2, 8, 8, 5), (2, 2, 5, 1), (2, 2), "SAME"),
+  ((1, 7, 6, 3), (3, 3, 3, 4), (1, 1), "SAME"),
+  ((2, 10, 9, 4), (3, 2, 4, 6), (1, 2), ((0, 1), (2, 0))),
+  ((2, 9, 9, 3), (4, 4, 3, 2), (2, 2), "VALID"),
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"{g[0]}x{g[1]}s{g[2]}{g[3]}")
+def test_forward_and_both_gradients_match_xla(geometry):
+  """conv_forward, conv_backward_data and conv_backward_weights are lax's convolution, its input
+  gradient and its kernel gradient, to the summation-order bound."""
+  x_shape, k_shape, strides, padding = geometry
+  x, kernel = _normal(0, x_shape), _normal(1, k_shape)
+  y_ref, vjp = jax.vjp(lambda x, k: _xla_conv(x, k, strides, padding), x, kernel)
+  dy = _normal(2, y_ref.shape)
+  dx_ref, dk_ref = vjp(dy)
+  y_abs, vjp_abs = jax.vjp(lambda x, k: _xla_conv(x, k, strides, padding), abs(x), abs(kernel))
+  dx_abs, dk_abs = vjp_abs(abs(dy))
+
+  @jax.jit
+  def ours(x, kernel, dy):
+    return (
+      onednn.conv_forward(x, kernel, strides, padding),
+      onednn.conv_backward_data(dy, kernel, x.shape, strides, padding),
+      onednn.conv_backward_weights(x, dy, kernel.shape, strides, padding),
+    )
+
+  y, dx, dk = ours(x, kernel, dy)
+  kh, kw, c, o = k_shape
+  _assert_within(y, y_ref, 2 * _gamma(kh * kw * c) * y_abs, "output")
+  _assert_within(dx, dx_ref, 2 * _gamma(kh * kw * o) * dx_abs, "input gradient")
+  _assert_within(dk, dk_ref, 2 * _gamma(int(np.prod(y_ref.shape[:3]))) * dk_abs, "kernel gradient")
+
+
+@needs_onednn
+def test_vmap_over_kernels_runs_each_model():
+  """Under vmap (K models, as the multi-seed step batches params) each slice is its own conv."""
+  x, kernels = _normal(0, (3, 2, 8, 8, 4)), _normal(1, (3, 4, 4, 4, 6))
+  batched = jax.jit(jax.vmap(lambda x, k: conv_lowering.conv_s2_onednn(x, k)))(x, kernels)
+  for i in range(3):
+    np.testing.assert_array_equal(batched[i], conv_lowering.conv_s2_onednn(x[i], kernels[i]))
+  single = jax.grad(lambda k, x: conv_lowering.conv_transpose_s2_onednn(x, k).sum())
+  grads = jax.vmap(single)(kernels, x)
+  np.testing.assert_array_equal(grads[1], single(kernels[1], x[1]))
+  with pytest.raises(ValueError, match=r"kernel \[kh, kw, C, O\]; got \(2, 8, 8, 4\) and"):
+    onednn.conv_forward(x[0], kernels[0].transpose(0, 1, 3, 2), (2, 2), "SAME")
+
+
+@needs_onednn
+def test_auto_lowering_picks_onednn_for_float32_on_cpu():
+  assert onednn.available()
+  assert conv_lowering.resolve_lowering("auto") == "onednn"
+  assert conv_lowering.resolve_lowering("auto", jnp.bfloat16) == "subpixel"
+  assert conv_lowering.resolve_lowering("onednn") == "onednn"
+  with pytest.raises(ValueError, match="float32 layers only; got bfloat16"):
+    conv_lowering.resolve_lowering("onednn", jnp.bfloat16)
+
+
+def test_unavailable_kernels_fall_back_or_say_why(monkeypatch):
+  """Where the kernels cannot run, "auto" takes the sub-pixel products and "onednn" is an error
+  that gives the reason."""
+  monkeypatch.setattr(onednn, "_unavailable_reason", lambda: "no C++ compiler (set CXX, ...)")
+  assert not onednn.available()
+  assert conv_lowering.resolve_lowering("auto") == "subpixel"
+  with pytest.raises(onednn.Unavailable, match="cannot run here: no C\\+\\+ compiler"):
+    conv_lowering.resolve_lowering("onednn")
+  x = jnp.zeros((2, 8, 8, 3))
+  layer = conv_lowering.Conv(4, (4, 4), strides=(2, 2), padding="SAME")
+  params = jax.eval_shape(layer.init, jax.random.key(0), x)
+  jaxpr = str(jax.make_jaxpr(layer.apply)(params, x))
+  assert "ffi_call" not in jaxpr and "dot_general" in jaxpr
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+  monkeypatch.setenv("DISENTANGLE_JAX_ONEDNN", "0")
+  with pytest.raises(onednn.Unavailable, match="DISENTANGLE_JAX_ONEDNN=0"):
+    onednn._load()
+
+
+def test_a_missing_wheel_names_the_package(monkeypatch):
+  monkeypatch.setattr(onednn, "RUNTIME_DIST", "no-such-onednn-wheel")
+  with pytest.raises(onednn.Unavailable, match="pip install no-such-onednn-wheel"):
+    onednn._dist_file(onednn.RUNTIME_DIST, "libdnnl.so.3")
+
+
+@needs_onednn
+def test_build_is_cached_and_a_failed_build_says_why(monkeypatch, tmp_path):
+  """A built library is reused without compiling; a compiler error is reported, and leaves no
+  partial file that a later process could load."""
+  monkeypatch.setenv("DISENTANGLE_JAX_CACHE", str(tmp_path))
+  runtime = onednn._dist_file(onednn.RUNTIME_DIST, "libdnnl.so.3")
+  monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+  with pytest.raises(onednn.Unavailable, match="compiling onednn_conv.cc failed"):
+    onednn._build(runtime)
+  assert list(tmp_path.rglob("*.so")) == []
+  built = tmp_path / "kernels" / "onednn_conv-cached.so"
+  built.parent.mkdir(parents=True, exist_ok=True)
+  monkeypatch.setattr(onednn, "_library_name", lambda runtime, flags: built.name)
+  built.write_bytes(b"")
+  assert onednn._build(runtime) == built  # found, so `false` is never run
