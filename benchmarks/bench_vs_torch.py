@@ -256,7 +256,8 @@ def stepper(compiled, state, batch, rng) -> Callable[[], Any]:
 
 def prepare_jax_step(arch: str, images: np.ndarray) -> tuple[Callable[[], None], dict[str, Any]]:
   """(run, info): run() does one jitted train step on the fixed batch `images` [B, 64, 64, 1]
-  and blocks on it; info holds the compile time and XLA's FLOP estimate per image."""
+  and blocks on it; info holds the compile time and XLA's FLOP estimate per image (which leaves
+  out custom calls: for the conv net on CPU, oneDNN's convolutions)."""
   compiled, state, batch, rng, compile_s = compile_jax_step(arch, images)
   info: dict[str, Any] = {"compile_s": compile_s, "xla_flops_per_image": None}
   # XLA's cost model is backend-specific: a dict, a list of dicts, or no "flops" entry at all.
