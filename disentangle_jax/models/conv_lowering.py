@@ -150,6 +150,7 @@ def scatter_s2(
   out_size: tuple[int, int],
   *,
   precision=None,
+  window: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
   """Stride-2 transposed convolution as a sub-pixel convolution.
 
@@ -159,6 +160,8 @@ def scatter_s2(
     offsets: (oh, ow).
     out_size: (H, W) of the output.
     precision: passed to the matrix products.
+    window: the stride-1 "VALID" window convolution (x, kernel [n, m, K, N]) -> y; None for
+      `window_matmul`.
 
   Returns:
     y [B, H, W, O] with y[i, j] = sum x[p, q] @ kernel[s, t] over i = 2 p + s - oh,
@@ -186,7 +189,9 @@ def scatter_s2(
   flat = jnp.concatenate([kernel.reshape(kh * kw, c, c_out), zero_tap])
   combined = flat[index].transpose(0, 1, 4, 2, 3, 5).reshape(nh, nw, c, 4 * c_out)
   x = _pad_hw(x, (-dh, u + dh + nh - 1 - p), (-dw, v + dw + nw - 1 - q))
-  y = depth_to_space(window_matmul(x, combined, precision=precision))
+  if window is None:
+    window = functools.partial(window_matmul, precision=precision)
+  y = depth_to_space(window(x, combined))
   return y[:, sh : sh + out_size[0], sw : sw + out_size[1], :]
 
 
@@ -485,6 +490,11 @@ def conv_transpose_s2_same(
   return _conv_transpose_s2_same(x, kernel, precision, chunk)
 
 
+# A transposed convolution with fewer output channels than this runs its forward pass by
+# oneDNN as a sub-pixel convolution (`scatter_s2` with a stride-1 window convolution).
+ONEDNN_SUBPIXEL_BELOW = 4
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv_s2_onednn(x: jax.Array, kernel: jax.Array, strides=(2, 2)) -> jax.Array:
   """`lax.conv_general_dilated(x, kernel, strides, "SAME")`, NHWC/HWIO float32, by oneDNN.
@@ -514,7 +524,9 @@ def conv_transpose_s2_onednn(x: jax.Array, kernel: jax.Array, strides=(2, 2)) ->
   """`lax.conv_transpose(x, kernel, strides, "SAME")` (kernel not flipped), by oneDNN.
 
   The transposed convolution with kernel W is A_K^T for A_K the "SAME" convolution of
-  [B, s H, s W, O] images with K = flip_swap(W): oneDNN's backward-data primitive. Its input
+  [B, s H, s W, O] images with K = flip_swap(W): oneDNN's backward-data primitive, or for
+  O < `ONEDNN_SUBPIXEL_BELOW` at stride 2 the sub-pixel convolution `scatter_s2` whose window
+  product is oneDNN's stride-1 forward convolution. Its input
   gradient is A_K dy (forward primitive) and its kernel gradient flip_swap of A_K's kernel
   gradient at input dy and output cotangent x (backward-weights primitive).
   """
@@ -528,6 +540,14 @@ def _transposed_geometry(x, kernel, strides):
 
 def _conv_transpose_s2_onednn_fwd(x, kernel, strides):
   y_shape, adjoint_kernel = _transposed_geometry(x, kernel, strides)
+  if kernel.shape[-1] < ONEDNN_SUBPIXEL_BELOW and strides == (2, 2):
+    # oneDNN's backward-data pads a few-channel image to 16 channels (16x the work for the
+    # decoder's one-channel output); the sub-pixel form is a stride-1 convolution with 4 O
+    # outputs instead.
+    lows = tuple(same_padding(n, k)[1] for n, k in zip(y_shape[1:3], kernel.shape[:2], strict=True))
+    window = functools.partial(onednn.conv_forward, strides=(1, 1), padding="VALID")
+    y = scatter_s2(x, adjoint_kernel.transpose(0, 1, 3, 2), lows, y_shape[1:3], window=window)
+    return y, (x, kernel)
   return onednn.conv_backward_data(x, adjoint_kernel, y_shape, strides, "SAME"), (x, kernel)
 
 
