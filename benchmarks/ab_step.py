@@ -1,7 +1,8 @@
 """A/B of train-step variants, timed in turn in one process (this CPU drifts by 20% in minutes).
 
   python benchmarks/ab_step.py --arch conv --batch-size 64 --rounds 6 \
-      base chunk8:conv_lowering.NETWORK_CHUNK=8 rows1k:conv_lowering.KERNEL_GRAD_ROWS=1024
+      base subpixel:conv_lowering.CPU_DEFAULT=subpixel \
+      chunk8:conv_lowering.CPU_DEFAULT=subpixel,conv_lowering.NETWORK_CHUNK=8
   python benchmarks/ab_step.py --arch mlp --batch-size 2048 \
       base vw512:xla.xla_cpu_prefer_vector_width=512
 
