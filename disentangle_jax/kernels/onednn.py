@@ -192,28 +192,95 @@ def _geometry(x_shape, kernel_shape, strides, padding):
   return {k: np.int64(v) for k, v in values.items()}, (n, oh, ow, o)
 
 
-def _call(kind: int, a, b, out_shape, geometry):
+def _transposed_geometry(x_shape, kernel_shape, y_shape, strides, padding):
+  """Attributes of the transposed convolution x [N, P, Q, C] -> y [N, H, W, O] with kernel
+  [kh, kw, C, O], whose adjoint is the convolution of y with `padding` (pads of y)."""
+  if len(y_shape) != 4 or tuple(y_shape[::3]) != (x_shape[0], kernel_shape[3]):
+    raise ValueError(f"Expected y [N, H, W, O]; got {tuple(y_shape)} for kernel {kernel_shape}.")
+  swapped = (*kernel_shape[:2], kernel_shape[3], kernel_shape[2])
+  geometry, adjoint_out = _geometry(y_shape, swapped, strides, padding)
+  if adjoint_out != tuple(x_shape):
+    raise ValueError(
+      f"The convolution of y {tuple(y_shape)} with kernel {tuple(swapped)} gives "
+      f"{adjoint_out}, not x's shape {tuple(x_shape)}."
+    )
+  # oneDNN's deconvolution names its own input (here x) src: swap the roles of x and y.
+  renamed = dict(h="oh", w="ow", c="o", oh="h", ow="w", o="c")
+  return {renamed.get(k, k): v for k, v in geometry.items()}
+
+
+def _call(kind: int, args, out_shapes, geometry, relu=False):
   load()
   # Batched parameters (vmap over seeds) run one convolution per batch element.
   call = jax.ffi.ffi_call(
-    TARGET, jax.ShapeDtypeStruct(out_shape, jnp.float32), vmap_method="sequential"
+    TARGET,
+    [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in out_shapes],
+    vmap_method="sequential",
   )
-  return call(a, b, kind=np.int64(kind), **geometry)
+  return call(*args, kind=np.int64(kind), relu=np.int64(relu), **geometry)
 
 
-def conv_forward(x, kernel, strides, padding):
-  """y = conv(x, kernel), NHWC / HWIO, float32, as `lax.conv_general_dilated`."""
+def _bias_args(bias, channels):
+  if bias is None:
+    return ()
+  if bias.shape != (channels,):
+    raise ValueError(f"Expected a bias of shape ({channels},); got {bias.shape}.")
+  return (bias,)
+
+
+def conv_forward(x, kernel, strides, padding, bias=None, relu=False):
+  """y = conv(x, kernel) [+ bias] [then ReLU], NHWC / HWIO, float32, as
+  `lax.conv_general_dilated` (bias and ReLU run inside oneDNN's primitive)."""
   geometry, y_shape = _geometry(x.shape, kernel.shape, strides, padding)
-  return _call(0, x, kernel, y_shape, geometry)
+  return _call(0, (x, kernel, *_bias_args(bias, y_shape[3])), [y_shape], geometry, relu)[0]
 
 
 def conv_backward_data(dy, kernel, x_shape, strides, padding):
   """The adjoint of `conv_forward` in x: A_K^T dy, shaped like x."""
   geometry, _ = _geometry(x_shape, kernel.shape, strides, padding)
-  return _call(1, dy, kernel, tuple(x_shape), geometry)
+  return _call(1, (dy, kernel), [tuple(x_shape)], geometry)[0]
 
 
-def conv_backward_weights(x, dy, kernel_shape, strides, padding):
-  """d<dy, conv(x, K)>/dK, shaped [kh, kw, C, O]."""
+def conv_backward_weights(x, dy, kernel_shape, strides, padding, bias=False):
+  """d<dy, conv(x, K)>/dK, shaped [kh, kw, C, O]; with bias=True also (its bias gradient
+  sum(dy) over N, H, W, shaped [O])."""
   geometry, _ = _geometry(x.shape, kernel_shape, strides, padding)
-  return _call(2, x, dy, tuple(kernel_shape), geometry)
+  shapes = [tuple(kernel_shape)] + ([(kernel_shape[3],)] if bias else [])
+  grads = _call(2, (x, dy), shapes, geometry)
+  return tuple(grads) if bias else grads[0]
+
+
+def conv_transpose_forward(x, kernel, y_shape, strides, padding, bias=None, relu=False):
+  """y[s i + t - pl] += x[i] kernel[t] [+ bias] [then ReLU]: oneDNN's deconvolution.
+
+  Args:
+    x: [N, P, Q, C].
+    kernel: [kh, kw, C, O].
+    y_shape: (N, H, W, O); the convolution of y with the swapped kernel, `padding` and
+      `strides` must give x's shape.
+    strides, padding: of that convolution ("SAME", "VALID" or explicit pairs); pl is its low pad.
+    bias: [O] or None.
+    relu: apply ReLU to the output.
+
+  Returns:
+    y [N, H, W, O]: `lax.conv_transpose(x, kernel flipped in space, strides, padding)`.
+  """
+  geometry = _transposed_geometry(x.shape, kernel.shape, y_shape, strides, padding)
+  args = (x, kernel, *_bias_args(bias, kernel.shape[3]))
+  return _call(3, args, [tuple(y_shape)], geometry, relu)[0]
+
+
+def conv_transpose_backward_data(dy, kernel, x_shape, strides, padding):
+  """The adjoint of `conv_transpose_forward` in x (its kernel not flipped or swapped)."""
+  y_shape = (x_shape[0], *dy.shape[1:3], kernel.shape[3])
+  geometry = _transposed_geometry(x_shape, kernel.shape, y_shape, strides, padding)
+  return _call(4, (dy, kernel), [tuple(x_shape)], geometry)[0]
+
+
+def conv_transpose_backward_weights(x, dy, kernel_shape, strides, padding, bias=False):
+  """d<dy, conv_transpose_forward(x, K)>/dK, shaped [kh, kw, C, O]; with bias=True also
+  (sum(dy) over N, H, W)."""
+  geometry = _transposed_geometry(x.shape, kernel_shape, dy.shape, strides, padding)
+  shapes = [tuple(kernel_shape)] + ([(kernel_shape[3],)] if bias else [])
+  grads = _call(5, (x, dy), shapes, geometry)
+  return tuple(grads) if bias else grads[0]

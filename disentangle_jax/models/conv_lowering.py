@@ -3,7 +3,9 @@
 Two lowerings replace XLA's slow strided and transposed convolutions on CPU: oneDNN's JIT
 convolutions as XLA custom calls (`conv_s2_onednn`, `conv_transpose_s2_onednn`; see
 `disentangle_jax.kernels.onednn`), which "auto" takes for float32 layers where they build, and
-the sub-pixel matrix products below, which it takes otherwise.
+the sub-pixel matrix products below, which it takes otherwise. With oneDNN a layer's bias and
+its ReLU (`Conv(..., apply_relu=True)`) run inside the primitive and the bias gradient inside the
+backward-weights primitive, so the network makes no passes over its activations of its own.
 
 On XLA:CPU a convolution with input dilation (a transposed convolution, and so the input gradient
 of every strided convolution) runs as a slow generic loop, kernel gradients need large transposes
@@ -160,8 +162,9 @@ def scatter_s2(
     offsets: (oh, ow).
     out_size: (H, W) of the output.
     precision: passed to the matrix products.
-    window: the stride-1 "VALID" window convolution (x, kernel [n, m, K, N]) -> y; None for
-      `window_matmul`.
+    window: the stride-1 window convolution (x, kernel [n, m, K, N], pads) -> y of x zero-padded
+      (negative pads: cropped) by pads ((top, bottom), (left, right)); None for
+      `window_matmul` of the padded x.
 
   Returns:
     y [B, H, W, O] with y[i, j] = sum x[p, q] @ kernel[s, t] over i = 2 p + s - oh,
@@ -188,10 +191,12 @@ def scatter_s2(
   zero_tap = jnp.zeros((1, c, c_out), kernel.dtype)
   flat = jnp.concatenate([kernel.reshape(kh * kw, c, c_out), zero_tap])
   combined = flat[index].transpose(0, 1, 4, 2, 3, 5).reshape(nh, nw, c, 4 * c_out)
-  x = _pad_hw(x, (-dh, u + dh + nh - 1 - p), (-dw, v + dw + nw - 1 - q))
+  pads = ((-dh, u + dh + nh - 1 - p), (-dw, v + dw + nw - 1 - q))
   if window is None:
-    window = functools.partial(window_matmul, precision=precision)
-  y = depth_to_space(window(x, combined))
+    y = window_matmul(_pad_hw(x, *pads), combined, precision=precision)
+  else:
+    y = window(x, combined, pads)
+  y = depth_to_space(y)
   return y[:, sh : sh + out_size[0], sw : sw + out_size[1], :]
 
 
@@ -212,18 +217,22 @@ def _space_to_depth_input(x, kernel_shape, out_size):
   return xs, (mh, mw), (eh, ew)
 
 
-def conv_s2_matmul(x, kernel, *, precision=None):
+def conv_s2_matmul(x, kernel, *, precision=None, window=None):
   """The stride-2 "SAME" convolution as `window_matmul` of the space-to-depth input.
 
   Identity: tap (2a + i, 2b + j) of a 2m x 2m kernel reads xs[p + (a, b)] channel (i, j, c), so
   the convolution is a stride-1 m x m convolution of xs with the kernel K[a, b, (i, j, c), o].
+  `window` (xs, kernel [m, m, 4C, O]) -> y replaces `window_matmul` for that convolution.
   """
   kh, kw, c, c_out = kernel.shape
   out = (-(-x.shape[1] // 2), -(-x.shape[2] // 2))
   xs, (mh, mw), (eh, ew) = _space_to_depth_input(x, kernel.shape, out)
   kernel = jnp.pad(kernel, ((eh, 0), (ew, 0), (0, 0), (0, 0)))
   kernel = kernel.reshape(mh, 2, mw, 2, c, c_out).transpose(0, 2, 1, 3, 4, 5)
-  return window_matmul(xs, kernel.reshape(mh, mw, 4 * c, c_out), precision=precision)
+  kernel = kernel.reshape(mh, mw, 4 * c, c_out)
+  if window is None:
+    return window_matmul(xs, kernel, precision=precision)
+  return window(xs, kernel)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
@@ -490,73 +499,115 @@ def conv_transpose_s2_same(
   return _conv_transpose_s2_same(x, kernel, precision, chunk)
 
 
-# A transposed convolution with fewer output channels than this runs its forward pass by
-# oneDNN as a sub-pixel convolution (`scatter_s2` with a stride-1 window convolution).
+# A stride-2 convolution with fewer input channels, or a transposed one with fewer output
+# channels, than this runs by oneDNN as a stride-1 convolution where the few-channel image is
+# read: of the space-to-depth input (`conv_s2_matmul`), or sub-pixel (`scatter_s2`). oneDNN's
+# strided primitives pad a few-channel image to 16 channels.
 ONEDNN_SUBPIXEL_BELOW = 4
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_s2_onednn(x: jax.Array, kernel: jax.Array, strides=(2, 2)) -> jax.Array:
-  """`lax.conv_general_dilated(x, kernel, strides, "SAME")`, NHWC/HWIO float32, by oneDNN.
+def _onednn_window(x, kernel, pads=((0, 0), (0, 0)), *, bias=None, relu=False):
+  """Stride-1 convolution of x zero-padded (negative pads: cropped) by pads [+ bias] [then
+  ReLU], by oneDNN."""
+  crop = tuple((min(lo, 0), min(hi, 0)) for lo, hi in pads)
+  if any(c != 0 for pair in crop for c in pair):
+    x = _pad_hw(x, *crop)
+  pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
+  return onednn.conv_forward(x, kernel, (1, 1), pads, bias=bias, relu=relu)
 
-  Forward, input gradient and kernel gradient are oneDNN's convolution primitives
-  (`kernels.onednn`). Reverse mode only (`jax.custom_vjp`).
+
+def _relu_grad(y: jax.Array | None, dy: jax.Array) -> jax.Array:
+  """dy through a ReLU whose output is y (None: no ReLU); 0 where y = 0, as `jax.nn.relu`."""
+  return dy if y is None else jnp.where(y > 0, dy, 0)
+
+
+def _strided_conv_onednn(x, kernel, strides, bias=None, relu=False):
+  """The "SAME" convolution by oneDNN; at stride 2 with few input channels, the stride-1
+  convolution of the space-to-depth input (`conv_s2_matmul`)."""
+  if kernel.shape[2] < ONEDNN_SUBPIXEL_BELOW and strides == (2, 2):
+    window = functools.partial(_onednn_window, bias=bias, relu=relu)
+    return conv_s2_matmul(x, kernel, window=window)
+  return onednn.conv_forward(x, kernel, strides, "SAME", bias=bias, relu=relu)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def conv_s2_onednn(x, kernel, bias=None, relu=False, strides=(2, 2)) -> jax.Array:
+  """`lax.conv_general_dilated(x, kernel, strides, "SAME")` [+ bias] [then ReLU], NHWC/HWIO
+  float32, by oneDNN.
+
+  Forward, input gradient and kernel (and bias) gradient are oneDNN's convolution primitives
+  (`kernels.onednn`), with bias and ReLU inside the forward primitive and the bias gradient
+  summed by the backward-weights primitive. The forward pass of a kernel with
+  C < `ONEDNN_SUBPIXEL_BELOW` input channels at stride 2 is oneDNN's stride-1 convolution of the
+  space-to-depth input (`conv_s2_matmul`). Reverse mode only (`jax.custom_vjp`).
   """
-  return onednn.conv_forward(x, kernel, strides, "SAME")
+  return _strided_conv_onednn(x, kernel, strides, bias, relu)
 
 
-def _conv_s2_onednn_fwd(x, kernel, strides):
-  return onednn.conv_forward(x, kernel, strides, "SAME"), (x, kernel)
+def _conv_s2_onednn_fwd(x, kernel, bias, relu, strides):
+  y = _strided_conv_onednn(x, kernel, strides, bias, relu)
+  return y, (x, kernel, y if relu else None, bias)
 
 
-def _conv_s2_onednn_bwd(strides, res, dy):
-  x, kernel = res
-  dx = onednn.conv_backward_data(dy, kernel, x.shape, strides, "SAME")
-  dk = onednn.conv_backward_weights(x, dy, kernel.shape, strides, "SAME")
-  return dx, dk
+def _conv_s2_onednn_bwd(relu, strides, res, dy):
+  x, kernel, y, bias = res
+  dz = _relu_grad(y, dy)
+  dx = onednn.conv_backward_data(dz, kernel, x.shape, strides, "SAME")
+  if bias is None:
+    return dx, onednn.conv_backward_weights(x, dz, kernel.shape, strides, "SAME"), None
+  dk, db = onednn.conv_backward_weights(x, dz, kernel.shape, strides, "SAME", bias=True)
+  return dx, dk, db
 
 
 conv_s2_onednn.defvjp(_conv_s2_onednn_fwd, _conv_s2_onednn_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_transpose_s2_onednn(x: jax.Array, kernel: jax.Array, strides=(2, 2)) -> jax.Array:
-  """`lax.conv_transpose(x, kernel, strides, "SAME")` (kernel not flipped), by oneDNN.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def conv_transpose_s2_onednn(x, kernel, bias=None, relu=False, strides=(2, 2)) -> jax.Array:
+  """`lax.conv_transpose(x, kernel, strides, "SAME")` (kernel not flipped) [+ bias] [then ReLU],
+  by oneDNN.
 
   The transposed convolution with kernel W is A_K^T for A_K the "SAME" convolution of
-  [B, s H, s W, O] images with K = flip_swap(W): oneDNN's backward-data primitive, or for
-  O < `ONEDNN_SUBPIXEL_BELOW` at stride 2 the sub-pixel convolution `scatter_s2` whose window
-  product is oneDNN's stride-1 forward convolution. Its input
-  gradient is A_K dy (forward primitive) and its kernel gradient flip_swap of A_K's kernel
-  gradient at input dy and output cotangent x (backward-weights primitive).
+  [B, s H, s W, O] images with K = flip_swap(W): oneDNN's deconvolution with the space-flipped
+  W (`kernels.onednn.conv_transpose_forward` and its two gradients), bias and ReLU inside the
+  forward primitive. With O < `ONEDNN_SUBPIXEL_BELOW` at stride 2, the forward pass is the
+  sub-pixel convolution `scatter_s2` and the input gradient A_K dy the space-to-depth one
+  (`conv_s2_matmul`), both oneDNN's stride-1 convolution (its strided primitives pad a
+  few-channel image to 16 channels).
   """
-  return _conv_transpose_s2_onednn_fwd(x, kernel, strides)[0]
+  return _conv_transpose_s2_onednn_fwd(x, kernel, bias, relu, strides)[0]
 
 
-def _transposed_geometry(x, kernel, strides):
+def _transposed_shape(x, kernel, strides):
   n, h, w, _ = x.shape
-  return (n, strides[0] * h, strides[1] * w, kernel.shape[-1]), flip_swap(kernel)
+  return (n, strides[0] * h, strides[1] * w, kernel.shape[-1])
 
 
-def _conv_transpose_s2_onednn_fwd(x, kernel, strides):
-  y_shape, adjoint_kernel = _transposed_geometry(x, kernel, strides)
+def _conv_transpose_s2_onednn_fwd(x, kernel, bias, relu, strides):
+  y_shape, flipped = _transposed_shape(x, kernel, strides), jnp.flip(kernel, (0, 1))
   if kernel.shape[-1] < ONEDNN_SUBPIXEL_BELOW and strides == (2, 2):
-    # oneDNN's backward-data pads a few-channel image to 16 channels (16x the work for the
-    # decoder's one-channel output); the sub-pixel form is a stride-1 convolution with 4 O
-    # outputs instead.
     lows = tuple(same_padding(n, k)[1] for n, k in zip(y_shape[1:3], kernel.shape[:2], strict=True))
-    window = functools.partial(onednn.conv_forward, strides=(1, 1), padding="VALID")
-    y = scatter_s2(x, adjoint_kernel.transpose(0, 1, 3, 2), lows, y_shape[1:3], window=window)
-    return y, (x, kernel)
-  return onednn.conv_backward_data(x, adjoint_kernel, y_shape, strides, "SAME"), (x, kernel)
+    # The sub-pixel output's channels are (row parity, column parity, O).
+    bias4 = None if bias is None else jnp.tile(bias, 4)
+    window = functools.partial(_onednn_window, bias=bias4, relu=relu)
+    y = scatter_s2(x, flipped, lows, y_shape[1:3], window=window)
+  else:
+    y = onednn.conv_transpose_forward(x, flipped, y_shape, strides, "SAME", bias=bias, relu=relu)
+  return y, (x, flipped, y if relu else None, bias)
 
 
-def _conv_transpose_s2_onednn_bwd(strides, res, dy):
-  x, kernel = res
-  _, adjoint_kernel = _transposed_geometry(x, kernel, strides)
-  dx = onednn.conv_forward(dy, adjoint_kernel, strides, "SAME")
-  dk = onednn.conv_backward_weights(dy, x, adjoint_kernel.shape, strides, "SAME")
-  return dx, flip_swap(dk)
+def _conv_transpose_s2_onednn_bwd(relu, strides, res, dy):
+  x, flipped, y, bias = res
+  dz = _relu_grad(y, dy)
+  if flipped.shape[-1] < ONEDNN_SUBPIXEL_BELOW and strides == (2, 2):
+    dx = _strided_conv_onednn(dz, flipped.transpose(0, 1, 3, 2), strides)
+  else:
+    dx = onednn.conv_transpose_backward_data(dz, flipped, x.shape, strides, "SAME")
+  grads = onednn.conv_transpose_backward_weights(
+    x, dz, flipped.shape, strides, "SAME", bias=bias is not None
+  )
+  dk, db = grads if bias is not None else (grads, None)
+  return dx, jnp.flip(dk, (0, 1)), db
 
 
 conv_transpose_s2_onednn.defvjp(_conv_transpose_s2_onednn_fwd, _conv_transpose_s2_onednn_bwd)
@@ -639,6 +690,11 @@ def _kernel_and_bias(module: nn.Module, inputs: jax.Array):
   return module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
 
 
+def _maybe_relu(y: jax.Array, apply: bool) -> jax.Array:
+  # `relu` rather than `nn.relu`: the chunked path's checkpoint keeps outputs by its name.
+  return relu(y) if apply else y
+
+
 class Conv(nn.Conv):
   """`nn.Conv` whose stride-2 "SAME" case runs oneDNN or `conv_s2_same` (same params, outputs).
 
@@ -647,9 +703,12 @@ class Conv(nn.Conv):
       `conv_s2_onednn` for float32 where they are available, else the sub-pixel products
       `conv_s2_same`; `nn.Conv` elsewhere), "onednn", "subpixel" or "flax" (plain `nn.Conv`).
       Every other configuration is plain `nn.Conv`.
+    apply_relu: return ReLU of the output (`relu`); oneDNN applies it, and the bias, inside its
+      convolution, which saves a pass over the output.
   """
 
   lowering: str = "auto"
+  apply_relu: bool = False
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -661,13 +720,12 @@ class Conv(nn.Conv):
     )
     kernels = _fast_lowering(self, inputs, eligible)
     if kernels == "flax":
-      return super().__call__(inputs)
+      return _maybe_relu(super().__call__(inputs), self.apply_relu)
     inputs, kernel, bias = _kernel_and_bias(self, inputs)
     if kernels == "onednn":
-      y = conv_s2_onednn(inputs, kernel)
-    else:
-      y = conv_s2_same(inputs, kernel, precision=self.precision)
-    return y if bias is None else y + bias
+      return conv_s2_onednn(inputs, kernel, bias, self.apply_relu)
+    y = conv_s2_same(inputs, kernel, precision=self.precision)
+    return _maybe_relu(y if bias is None else y + bias, self.apply_relu)
 
 
 class ConvTranspose(nn.ConvTranspose):
@@ -680,19 +738,21 @@ class ConvTranspose(nn.ConvTranspose):
       available, else the sub-pixel convolution `conv_transpose_s2_same`; `nn.ConvTranspose`
       elsewhere), "onednn", "subpixel" or "flax" (plain `nn.ConvTranspose`). Every other
       configuration is plain `nn.ConvTranspose`.
+    apply_relu: return ReLU of the output (`relu`); oneDNN applies it, and the bias, inside its
+      deconvolution.
   """
 
   lowering: str = "auto"
+  apply_relu: bool = False
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
     eligible = not self.transpose_kernel and self.preferred_element_type is None
     kernels = _fast_lowering(self, inputs, eligible)
     if kernels == "flax":
-      return super().__call__(inputs)
+      return _maybe_relu(super().__call__(inputs), self.apply_relu)
     inputs, kernel, bias = _kernel_and_bias(self, inputs)
     if kernels == "onednn":
-      y = conv_transpose_s2_onednn(inputs, kernel)
-    else:
-      y = conv_transpose_s2_same(inputs, kernel, precision=self.precision)
-    return y if bias is None else y + bias
+      return conv_transpose_s2_onednn(inputs, kernel, bias, self.apply_relu)
+    y = conv_transpose_s2_same(inputs, kernel, precision=self.precision)
+    return _maybe_relu(y if bias is None else y + bias, self.apply_relu)

@@ -116,12 +116,13 @@ class ConvDecoder(nn.Module):
     """The four transposed convolutions: [B, 4, 4, 64] -> [B, 64, 64, C] logits."""
     plain = conv_lowering.resolve_lowering(self.lowering, h.dtype) == "flax"
     deconv = nn.ConvTranspose if plain else conv_lowering.ConvTranspose
-    extra = {} if plain else {"lowering": self.lowering}
-    # conv_lowering.relu: same values and gradients, kept by the chunked path's checkpoint.
-    relu = nn.relu if plain else conv_lowering.relu
+    # conv_lowering.ConvTranspose applies the ReLU itself (inside oneDNN's deconvolution where
+    # that runs).
     for i, features in enumerate((64, 32, 32, self.output_shape[-1])):
+      hidden = i < 3
+      extra = {} if plain else {"lowering": self.lowering, "apply_relu": hidden}
       layer = deconv(
         features, (4, 4), strides=(2, 2), padding="SAME", name=f"ConvTranspose_{i}", **extra
       )
-      h = layer(h) if i == 3 else relu(layer(h))
+      h = nn.relu(layer(h)) if plain and hidden else layer(h)
     return h

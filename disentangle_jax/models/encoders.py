@@ -158,12 +158,11 @@ class ConvEncoder(nn.Module):
 
   def _convs(self, x: jax.Array, plain: bool) -> jax.Array:
     """The four convolutions (ReLU after each): [B, 64, 64, C] -> flattened [B, 4*4*64]."""
+    # conv_lowering.Conv applies the ReLU itself (inside oneDNN's convolution where that runs).
     conv = nn.Conv if plain else conv_lowering.Conv
-    extra = {} if plain else {"lowering": self.lowering}
-    # conv_lowering.relu: same values and gradients, kept by the chunked path's checkpoint.
-    relu = nn.relu if plain else conv_lowering.relu
+    extra = {} if plain else {"lowering": self.lowering, "apply_relu": True}
     h = x
     for i, (features, k) in enumerate(zip((32, 32, 64, 64), self.kernel_sizes, strict=True)):
       layer = conv(features, (k, k), strides=(2, 2), padding="SAME", name=f"Conv_{i}", **extra)
-      h = relu(layer(h))
+      h = nn.relu(layer(h)) if plain else layer(h)
     return h.reshape(h.shape[0], -1)

@@ -85,6 +85,100 @@ def test_forward_and_both_gradients_match_xla(geometry):
   _assert_within(dk, dk_ref, 2 * _gamma(int(np.prod(y_ref.shape[:3]))) * dk_abs, "kernel gradient")
 
 
+def _xla_conv_transpose(x, kernel, strides, padding):
+  """y[s i + t - pl] += x[i] kernel[t]: `lax.conv_transpose` with the kernel flipped in space.
+
+  `padding` is that of the convolution of y (the adjoint pattern), as `conv_transpose_forward`
+  takes it; lax.conv_transpose's explicit pads are then k - 1 - pl and k - 1 - ph.
+  """
+  y_size = [s * n for s, n in zip(strides, x.shape[1:3], strict=True)]
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(y_size, kernel.shape[:2], strides, padding)
+  pads = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel.shape[:2], padding, strict=True)]
+  dn = ("NHWC", "HWIO", "NHWC")
+  flipped = jnp.flip(kernel, (0, 1))
+  return lax.conv_transpose(
+    x, flipped, strides, pads, dimension_numbers=dn, precision=lax.Precision.HIGHEST
+  )
+
+
+# (x shape, kernel shape, strides, padding of the adjoint convolution): the decoder's layers,
+# odd sizes, one output channel, stride 1 and asymmetric explicit padding.
+TRANSPOSED_GEOMETRIES = [
+  ((2, 8, 8, 32), (4, 4, 32, 16), (2, 2), "SAME"),
+  ((3, 5, 4, 6), (4, 4, 6, 1), (2, 2), "SAME"),
+  ((2, 3, 5, 4), (3, 3, 4, 5), (2, 2), "SAME"),
+  ((2, 6, 7, 3), (3, 2, 3, 4), (1, 1), ((1, 1), (0, 1))),
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+  "geometry", TRANSPOSED_GEOMETRIES, ids=lambda g: f"{g[0]}x{g[1]}s{g[2]}{g[3]}"
+)
+def test_transposed_forward_and_both_gradients_match_xla(geometry):
+  """conv_transpose_forward (bias, ReLU) and its two gradients (bias gradient included) are
+  lax's transposed convolution and its VJP, to the summation-order bound."""
+  x_shape, k_shape, strides, padding = geometry
+  x, kernel, bias = _normal(0, x_shape), _normal(1, k_shape), _normal(3, k_shape[3:])
+
+  def reference(x, kernel, bias):
+    return _xla_conv_transpose(x, kernel, strides, padding) + bias
+
+  z_ref, vjp = jax.vjp(reference, x, kernel, bias)
+  dy = _normal(2, z_ref.shape)
+  dx_ref, dk_ref, db_ref = vjp(dy)
+  z_abs, vjp_abs = jax.vjp(reference, abs(x), abs(kernel), abs(bias))
+  dx_abs, dk_abs, db_abs = vjp_abs(abs(dy))
+  y_shape = z_ref.shape
+
+  @jax.jit
+  def ours(x, kernel, bias, dy):
+    return (
+      onednn.conv_transpose_forward(x, kernel, y_shape, strides, padding, bias=bias, relu=True),
+      onednn.conv_transpose_backward_data(dy, kernel, x.shape, strides, padding),
+      onednn.conv_transpose_backward_weights(x, dy, kernel.shape, strides, padding, bias=True),
+    )
+
+  y, dx, (dk, db) = ours(x, kernel, bias, dy)
+  kh, kw, c, o = k_shape
+  # ReLU is 1-Lipschitz: |relu(a) - relu(b)| <= |a - b|.
+  _assert_within(y, jax.nn.relu(z_ref), 2 * _gamma(kh * kw * c + 1) * z_abs, "output")
+  _assert_within(dx, dx_ref, 2 * _gamma(kh * kw * o) * dx_abs, "input gradient")
+  n_out = int(np.prod(y_shape[:3]))
+  _assert_within(dk, dk_ref, 2 * _gamma(n_out) * dk_abs, "kernel gradient")
+  _assert_within(db, db_ref, 2 * _gamma(n_out) * db_abs, "bias gradient")
+
+
+@needs_onednn
+@pytest.mark.parametrize("geometry", GEOMETRIES[:2], ids=lambda g: f"{g[0]}x{g[1]}")
+def test_bias_and_relu_run_inside_the_convolution(geometry):
+  """conv_forward with bias and ReLU is relu(conv + bias), and the backward-weights pass's bias
+  gradient is sum(dy) over N, H, W."""
+  x_shape, k_shape, strides, padding = geometry
+  x, kernel, bias = _normal(0, x_shape), _normal(1, k_shape), _normal(3, k_shape[3:])
+  z = _xla_conv(x, kernel, strides, padding) + bias
+  z_abs = _xla_conv(abs(x), abs(kernel), strides, padding) + abs(bias)
+  y = onednn.conv_forward(x, kernel, strides, padding, bias=bias, relu=True)
+  kh, kw, c, _ = k_shape
+  _assert_within(y, jax.nn.relu(z), 2 * _gamma(kh * kw * c + 1) * z_abs, "output")
+  assert float(y.min()) == 0.0 and float(z.min()) < 0  # the ReLU did clip
+  dy = _normal(2, z.shape)
+  dk, db = onednn.conv_backward_weights(x, dy, kernel.shape, strides, padding, bias=True)
+  _, vjp = jax.vjp(lambda k: _xla_conv(x, k, strides, padding), kernel)
+  _, vjp_abs = jax.vjp(lambda k: _xla_conv(abs(x), k, strides, padding), abs(kernel))
+  n_out = int(np.prod(z.shape[:3]))
+  _assert_within(dk, vjp(dy)[0], 2 * _gamma(n_out) * vjp_abs(abs(dy))[0], "kernel gradient")
+  db_ref = np.asarray(dy, np.float64).sum((0, 1, 2))
+  _assert_within(db, db_ref, _gamma(n_out) * np.abs(np.asarray(dy)).sum((0, 1, 2)), "bias grad")
+  o = k_shape[3]
+  with pytest.raises(ValueError, match=rf"bias of shape \({o},\); got \({o - 1},\)"):
+    onednn.conv_forward(x, kernel, strides, padding, bias=jnp.zeros(o - 1))
+  with pytest.raises(ValueError, match="not x's shape"):
+    wrong = (x_shape[0], x_shape[1] + 2, x_shape[2], c)
+    onednn.conv_transpose_forward(z, kernel.transpose(0, 1, 3, 2), wrong, strides, padding)
+
+
 @needs_onednn
 def test_vmap_over_kernels_runs_each_model():
   """Under vmap (K models, as the multi-seed step batches params) each slice is its own conv."""
@@ -95,6 +189,15 @@ def test_vmap_over_kernels_runs_each_model():
   single = jax.grad(lambda k, x: conv_lowering.conv_transpose_s2_onednn(x, k).sum())
   grads = jax.vmap(single)(kernels, x)
   np.testing.assert_array_equal(grads[1], single(kernels[1], x[1]))
+  # With bias and ReLU (the optional operand and the second result of the custom call).
+  biases = _normal(2, (3, 6))
+  fused = jax.grad(
+    lambda k, b, x: conv_lowering.conv_transpose_s2_onednn(x, k, b, True).sum(), argnums=(0, 1)
+  )
+  dk, db = jax.jit(jax.vmap(fused))(kernels, biases, x)
+  dk1, db1 = fused(kernels[1], biases[1], x[1])
+  np.testing.assert_array_equal(dk[1], dk1)
+  np.testing.assert_array_equal(db[1], db1)
   with pytest.raises(ValueError, match=r"kernel \[kh, kw, C, O\]; got \(2, 8, 8, 4\) and"):
     onednn.conv_forward(x[0], kernels[0].transpose(0, 1, 3, 2), (2, 2), "SAME")
 

@@ -121,6 +121,41 @@ def test_layer_output_and_gradients_match_flax(transpose, case, lowering):
     )
 
 
+@pytest.mark.parametrize("lowering", ["subpixel", "onednn"])
+@pytest.mark.parametrize("transpose", [False, True], ids=["conv", "conv_transpose"])
+@pytest.mark.parametrize(
+  "case", [CASES[0], CASES[1], CASES[3]], ids=lambda c: "b{}_h{}_w{}_c{}_o{}_k{}".format(*c)
+)
+def test_apply_relu_is_relu_of_the_layer(transpose, case, lowering):
+  """With apply_relu (fused into oneDNN's primitive), the layer is ReLU of the plain layer: the
+  output within the bound (ReLU is 1-Lipschitz), and the gradients those of the plain layer for
+  the cotangent masked where the output is 0 (the mask read off the fast layer's own output, so
+  that entries within rounding of 0 cannot make the comparison flaky)."""
+  b, h, w, c_in, c_out, k = case
+  plain, fast = _layers(transpose, c_out, k, lowering)
+  fast = fast.clone(apply_relu=True)
+  x = _normal(0, (b, h, w, c_in))
+  params = _random_params(plain, x, seed=1)
+  y = fast.apply(params, x)
+  projection = _normal(2, y.shape)
+  r = _layer_results(plain, fast, params, x, projection)
+  masked = _layer_results(plain, fast, params, x, projection * (y > 0))
+  y_fast, y_plain, y_bound = r["y"]
+  assert float(jnp.min(y_plain)) < 0  # the ReLU clips something
+  _assert_within(y_fast, jax.nn.relu(y_plain), 2 * _gamma(k * k * c_in + 1) * y_bound, "output")
+  (dp_fast, dx_fast), _, _ = r["grads"]
+  _, (dp_plain, dx_plain), (dp_bound, dx_bound) = masked["grads"]
+  _assert_within(dx_fast, dx_plain, 2 * _gamma(k * k * c_out) * dx_bound, "d/dx")
+  n_out = y.shape[0] * y.shape[1] * y.shape[2]
+  for name in ("kernel", "bias"):
+    _assert_within(
+      dp_fast["params"][name],
+      dp_plain["params"][name],
+      2 * _gamma(n_out) * dp_bound["params"][name],
+      f"d/d{name}",
+    )
+
+
 @pytest.mark.parametrize("transpose", [False, True], ids=["conv", "conv_transpose"])
 def test_chunked_equals_whole_batch(transpose):
   """Evaluating the batch in lax.map chunks gives the same output and gradients."""
