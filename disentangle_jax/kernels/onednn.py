@@ -5,7 +5,10 @@ nets (`models/conv_lowering.py`). oneDNN's JIT convolutions are fast here. With 
 net's train step ran 1.04-1.38x as fast as with the sub-pixel matrix products at batch 64, and
 1.12-1.13x at 256 and 2048. Those products spend half the step on layout copies (figures in
 BUILD_NOTES). `onednn_conv.cc` wraps oneDNN's forward, backward-data and backward-weights
-primitives in one XLA FFI handler, working directly on XLA's NHWC activations and HWIO kernels.
+primitives, of the convolution and of the deconvolution (transposed convolution), in one XLA FFI
+handler, working directly on XLA's NHWC activations and HWIO kernels. The forward calls take an
+optional bias and ReLU, and the backward-weights calls return the bias gradient on request: they
+run inside the primitive, so the network makes no extra passes over its activations.
 
 The handler is compiled on first use with the system C++ compiler, against the headers of the
 `onednn-devel-cpu-gomp` wheel and jaxlib's FFI headers, into a per-user cache keyed by the
