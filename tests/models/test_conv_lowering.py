@@ -107,10 +107,14 @@ def test_layer_output_and_gradients_match_flax(transpose, case, lowering):
 
   y_fast, y_plain, y_bound = r["y"]  # y_bound = sum |x_i w_i| + |b| per output entry
   _assert_within(y_fast, y_plain, 2 * _gamma(k * k * c_in + 1) * y_bound, "output")
-  (dp_fast, dx_fast), (dp_plain, dx_plain), (dp_bound, dx_bound) = r["grads"]
-  # d/dx sums over the kernel taps and output channels; d/dkernel and d/dbias over the batch and
-  # the output pixels.
-  _assert_within(dx_fast, dx_plain, 2 * _gamma(k * k * c_out) * dx_bound, "d/dx")
+  _assert_layer_grads(*r["grads"], k * k * c_out, out_shape)
+
+
+def _assert_layer_grads(fast, plain, bound, dx_terms, out_shape):
+  """(d/dparams, d/dx) of the fast layer against the plain one: d/dx sums dx_terms products
+  (kernel taps x output channels), d/dkernel and d/dbias one per batch element and output pixel."""
+  (dp_fast, dx_fast), (dp_plain, dx_plain), (dp_bound, dx_bound) = fast, plain, bound
+  _assert_within(dx_fast, dx_plain, 2 * _gamma(dx_terms) * dx_bound, "d/dx")
   n_out = out_shape[0] * out_shape[1] * out_shape[2]
   for name in ("kernel", "bias"):
     _assert_within(
@@ -143,17 +147,7 @@ def test_apply_relu_is_relu_of_the_layer(transpose, case, lowering):
   y_fast, y_plain, y_bound = r["y"]
   assert float(jnp.min(y_plain)) < 0  # the ReLU clips something
   _assert_within(y_fast, jax.nn.relu(y_plain), 2 * _gamma(k * k * c_in + 1) * y_bound, "output")
-  (dp_fast, dx_fast), _, _ = r["grads"]
-  _, (dp_plain, dx_plain), (dp_bound, dx_bound) = masked["grads"]
-  _assert_within(dx_fast, dx_plain, 2 * _gamma(k * k * c_out) * dx_bound, "d/dx")
-  n_out = y.shape[0] * y.shape[1] * y.shape[2]
-  for name in ("kernel", "bias"):
-    _assert_within(
-      dp_fast["params"][name],
-      dp_plain["params"][name],
-      2 * _gamma(n_out) * dp_bound["params"][name],
-      f"d/d{name}",
-    )
+  _assert_layer_grads(r["grads"][0], *masked["grads"][1:], k * k * c_out, y.shape)
 
 
 @pytest.mark.parametrize("transpose", [False, True], ids=["conv", "conv_transpose"])
