@@ -231,6 +231,13 @@ def _bias_args(bias, channels):
   return (bias,)
 
 
+def _weights_grads(kind, x, dy, kernel_shape, geometry, bias):
+  """The backward-weights call: dK, or (dK, d bias) with bias=True."""
+  shapes = [tuple(kernel_shape)] + ([(kernel_shape[3],)] if bias else [])
+  grads = _call(kind, (x, dy), shapes, geometry)
+  return tuple(grads) if bias else grads[0]
+
+
 def conv_forward(x, kernel, strides, padding, bias=None, relu=False):
   """y = conv(x, kernel) [+ bias] [then ReLU], NHWC / HWIO, float32, as
   `lax.conv_general_dilated` (bias and ReLU run inside oneDNN's primitive)."""
@@ -248,9 +255,7 @@ def conv_backward_weights(x, dy, kernel_shape, strides, padding, bias=False):
   """d<dy, conv(x, K)>/dK, shaped [kh, kw, C, O]; with bias=True also (its bias gradient
   sum(dy) over N, H, W, shaped [O])."""
   geometry, _ = _geometry(x.shape, kernel_shape, strides, padding)
-  shapes = [tuple(kernel_shape)] + ([(kernel_shape[3],)] if bias else [])
-  grads = _call(2, (x, dy), shapes, geometry)
-  return tuple(grads) if bias else grads[0]
+  return _weights_grads(2, x, dy, kernel_shape, geometry, bias)
 
 
 def conv_transpose_forward(x, kernel, y_shape, strides, padding, bias=None, relu=False):
@@ -284,6 +289,4 @@ def conv_transpose_backward_weights(x, dy, kernel_shape, strides, padding, bias=
   """d<dy, conv_transpose_forward(x, K)>/dK, shaped [kh, kw, C, O]; with bias=True also
   (sum(dy) over N, H, W)."""
   geometry = _transposed_geometry(x.shape, kernel_shape, dy.shape, strides, padding)
-  shapes = [tuple(kernel_shape)] + ([(kernel_shape[3],)] if bias else [])
-  grads = _call(5, (x, dy), shapes, geometry)
-  return tuple(grads) if bias else grads[0]
+  return _weights_grads(5, x, dy, kernel_shape, geometry, bias)

@@ -553,9 +553,8 @@ def _conv_s2_onednn_bwd(relu, strides, res, dy):
   x, kernel, y, bias = res
   dz = _relu_grad(y, dy)
   dx = onednn.conv_backward_data(dz, kernel, x.shape, strides, "SAME")
-  if bias is None:
-    return dx, onednn.conv_backward_weights(x, dz, kernel.shape, strides, "SAME"), None
-  dk, db = onednn.conv_backward_weights(x, dz, kernel.shape, strides, "SAME", bias=True)
+  grads = onednn.conv_backward_weights(x, dz, kernel.shape, strides, "SAME", bias=bias is not None)
+  dk, db = grads if bias is not None else (grads, None)
   return dx, dk, db
 
 
