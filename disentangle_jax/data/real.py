@@ -24,6 +24,7 @@ import dataclasses
 import os
 import pathlib
 import zipfile
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -40,24 +41,81 @@ class DatasetNotFoundError(FileNotFoundError):
   """A dataset's files are not where they were looked for; the message says how to get them."""
 
 
+def _not_the_npz(path: pathlib.Path, detail: str) -> ValueError:
+  """The one error for a file that exists but is not the official dSprites npz."""
+  detail = " ".join(str(detail).split())  # one line, whatever the underlying message held
+  return ValueError(
+    f"{path} is not the dSprites npz ({NPZ_NAME}): {detail}. Download it from {NPZ_URL} "
+    "(26 MB), or use get_dataset('dsprites'), which generates the same images."
+  )
+
+
 def _npz_rows(path: pathlib.Path, key: str, chunk_rows: int) -> Iterator[np.ndarray]:
-  """Streams an array stored in an npz (zip) member in chunks of rows, without loading it all."""
+  """Streams an array stored in an npz (zip) member in chunks of rows, without loading it all.
+
+  Raises:
+    ValueError: the member is not a C-ordered numeric array with at least one axis, or is
+      truncated (zipfile and zlib raise their own errors for a damaged archive).
+  """
   with zipfile.ZipFile(path) as archive, archive.open(key + ".npy") as f:
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
       shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
     else:
       shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
-    if fortran_order or dtype.hasobject:
-      raise ValueError(f"{path}: {key!r} must be a C-ordered numeric array.")
+    if fortran_order or dtype.hasobject or not shape:
+      raise ValueError(f"{key!r} must be a C-ordered numeric array, got {dtype} {shape}")
     row_shape = shape[1:]
     row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
     for start in range(0, shape[0], chunk_rows):
       num = min(chunk_rows, shape[0] - start)
       data = f.read(num * row_bytes)
       if len(data) != num * row_bytes:
-        raise ValueError(f"{path}: {key!r} is truncated at row {start}.")
+        raise ValueError(f"{key!r} is truncated at row {start}")
       yield np.frombuffer(data, dtype=dtype).reshape(num, *row_shape)
+
+
+def _read_npz(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """(labels int64 [N, 5], bit-packed images uint8 [N, 64, 8]) from the official npz.
+
+  Raises:
+    ValueError (with the bare reason), zipfile.BadZipFile, zlib.error, EOFError: the file is not
+      the official npz; the caller turns all of them into one message.
+  """
+  with zipfile.ZipFile(path) as archive:
+    keys = sorted(n.removesuffix(".npy") for n in archive.namelist())
+    missing = {"imgs", "latents_classes"} - set(keys)
+    if missing:
+      raise ValueError(f"keys {sorted(missing)} missing (it holds {keys})")
+    with archive.open("latents_classes.npy") as f:
+      try:
+        classes = np.lib.format.read_array(f, allow_pickle=False)
+      except ValueError as error:
+        raise ValueError(f"latents_classes: {error}") from error
+  if classes.ndim != 2 or classes.shape[1] not in (5, 6) or classes.shape[0] == 0:
+    raise ValueError(f"latents_classes must be [N > 0, 6] (colour first), got {classes.shape}")
+  if not np.issubdtype(classes.dtype, np.integer):
+    raise ValueError(f"latents_classes must hold integer classes, got dtype {classes.dtype}")
+  labels = classes[:, -5:].astype(np.int64)  # drop the constant colour column
+  low, high = labels.min(axis=0), labels.max(axis=0)
+  for name, size, lo, hi in zip(
+    dsprites.FACTOR_NAMES, dsprites.FACTOR_SIZES, low, high, strict=True
+  ):
+    if lo < 0 or hi >= size:
+      raise ValueError(f"latents_classes {name} spans {lo}..{hi}, dSprites has 0..{size - 1}")
+  # Filled chunk by chunk: peak memory is the packed set plus one chunk, not 3 GB of uint8.
+  packed = np.empty((labels.shape[0], dsprites.IMAGE_SIZE, dsprites.IMAGE_SIZE // 8), np.uint8)
+  filled = 0
+  for chunk in _npz_rows(path, "imgs", _NPZ_CHUNK_ROWS):
+    if chunk.shape[1:] != (dsprites.IMAGE_SIZE, dsprites.IMAGE_SIZE):
+      raise ValueError(f"imgs must be [N, 64, 64], got rows of shape {chunk.shape[1:]}")
+    if filled + len(chunk) > len(packed):
+      raise ValueError(f"more images than the {len(packed)} label rows")
+    packed[filled : filled + len(chunk)] = dsprites.pack_images(chunk > 0)
+    filled += len(chunk)
+  if filled != len(packed):
+    raise ValueError(f"{filled} images but {len(packed)} label rows")
+  return labels, packed
 
 
 class DSpritesNpz(table.TableGroundTruth):
@@ -70,7 +128,9 @@ class DSpritesNpz(table.TableGroundTruth):
 
   Raises:
     DatasetNotFoundError: the file does not exist (the message gives the download URL).
-    ValueError: the file lacks the official keys or its factor grid is incomplete.
+    ValueError: the file is not the official npz (not a zip archive, damaged, keys, dtypes or
+      shapes other than the official ones), one line naming the reason and the download URL;
+      or its factor grid is incomplete.
   """
 
   def __init__(
@@ -86,28 +146,15 @@ class DSpritesNpz(table.TableGroundTruth):
         f"or pass its path: get_dataset('dsprites_npz', path=...). Without the file, "
         "get_dataset('dsprites') generates the same images."
       )
-    with np.load(path, allow_pickle=False) as npz:
-      missing = {"imgs", "latents_classes"} - set(npz.files)
-      if missing:
-        raise ValueError(f"{path}: keys {sorted(missing)} missing; found {sorted(npz.files)}.")
-      classes = np.asarray(npz["latents_classes"])
-    if classes.ndim != 2 or classes.shape[1] not in (5, 6):
-      raise ValueError(
-        f"{path}: latents_classes must be [N, 6] (colour first), got {classes.shape}."
-      )
-    labels = classes[:, -5:]  # drop the constant colour column
-    # Filled chunk by chunk: peak memory is the packed set plus one chunk, not 3 GB of uint8.
-    packed = np.empty((labels.shape[0], dsprites.IMAGE_SIZE, dsprites.IMAGE_SIZE // 8), np.uint8)
-    filled = 0
-    for chunk in _npz_rows(path, "imgs", _NPZ_CHUNK_ROWS):
-      if chunk.shape[1:] != (dsprites.IMAGE_SIZE, dsprites.IMAGE_SIZE):
-        raise ValueError(f"{path}: imgs must be [N, 64, 64], got rows of shape {chunk.shape[1:]}.")
-      if filled + len(chunk) > len(packed):
-        raise ValueError(f"{path}: more images than the {len(packed)} label rows.")
-      packed[filled : filled + len(chunk)] = dsprites.pack_images(chunk > 0)
-      filled += len(chunk)
-    if filled != len(packed):
-      raise ValueError(f"{path}: {filled} images but {len(packed)} label rows.")
+    if not zipfile.is_zipfile(path):
+      # np.load would try a pickle here and call random bytes "pickled (object) data".
+      raise _not_the_npz(path, f"it is not a zip archive ({path.stat().st_size} bytes)")
+    try:
+      labels, packed = _read_npz(path)
+    except ValueError as error:
+      raise _not_the_npz(path, error) from error
+    except (EOFError, zipfile.BadZipFile, zlib.error) as error:
+      raise _not_the_npz(path, f"damaged archive ({type(error).__name__}: {error})") from error
     self.path = path
     self._packed = packed
     super().__init__(

@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import tempfile
+import zipfile
 from unittest import mock
 
 import numpy as np
@@ -38,6 +39,58 @@ def _write_fake_npz(path, grid=NPZ_GRID, *, compressed=True, drop=None, shuffle_
     del arrays[drop]
   (np.savez_compressed if compressed else np.savez)(path, **arrays)
   return labels
+
+
+def _write_bad_npz(path, kind):
+  """Writes one kind of file that is not the official dSprites npz."""
+  arrays = {
+    "imgs": dsprites.render_dsprites(NPZ_GRID),
+    "latents_classes": np.concatenate([np.zeros((48, 1), np.int64), NPZ_GRID], 1),
+  }
+  if kind == "random_bytes":
+    path.write_bytes(np.random.default_rng(0).bytes(5000))
+  elif kind == "empty":
+    path.write_bytes(b"")
+  elif kind == "html_error_page":
+    path.write_text("<html><body>404: Not Found</body></html>")
+  elif kind == "npy_not_npz":
+    with open(path, "wb") as f:
+      np.save(f, arrays["imgs"])
+  elif kind == "truncated_download":
+    np.savez_compressed(path, **arrays)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  elif kind == "zip_of_other_files":
+    with zipfile.ZipFile(path, "w") as archive:
+      archive.writestr("README.txt", "not images")
+  elif kind == "npz_wrong_keys":
+    np.savez(path, images=arrays["imgs"], labels=arrays["latents_classes"])
+  elif kind == "pickled_labels":
+    np.savez(path, imgs=arrays["imgs"], latents_classes=np.array([[0, "a"]] * 48, dtype=object))
+  elif kind == "float_labels":
+    np.savez(path, imgs=arrays["imgs"], latents_classes=arrays["latents_classes"] * 1.0)
+  elif kind == "labels_out_of_range":
+    classes = arrays["latents_classes"].copy()
+    classes[0, 2] = 7  # scale has 6 values
+    np.savez(path, imgs=arrays["imgs"], latents_classes=classes)
+  elif kind == "labels_wrong_shape":
+    np.savez(path, imgs=arrays["imgs"], latents_classes=arrays["latents_classes"][:, :3])
+  elif kind == "images_wrong_shape":
+    np.savez(path, imgs=arrays["imgs"][:, :32, :32], latents_classes=arrays["latents_classes"])
+  elif kind == "images_scalar":
+    np.savez(path, imgs=np.uint8(1), latents_classes=arrays["latents_classes"])
+  elif kind in ("corrupt_deflate", "bad_crc"):
+    noise = np.random.default_rng(1).integers(0, 2, (48, 64, 64)).astype(np.uint8)
+    save = np.savez_compressed if kind == "corrupt_deflate" else np.savez
+    save(path, imgs=noise, latents_classes=arrays["latents_classes"])
+    raw = bytearray(path.read_bytes())
+    start = raw.find(b"imgs.npy")  # the member's local header; its data follow
+    if kind == "corrupt_deflate":
+      raw[start + 200 : start + 216] = b"\xff" * 16  # garbles the deflate stream
+    else:
+      raw[start + 400] ^= 1  # one flipped bit of stored data: only the CRC notices
+    path.write_bytes(bytes(raw))
+  else:
+    raise ValueError(kind)
 
 
 @pytest.fixture(name="_tfds_temp_in_pytest_tmp", autouse=True, scope="module")
@@ -82,6 +135,44 @@ class TestDSpritesNpz:
     _write_fake_npz(tmp_path / "bad.npz", drop="imgs")
     with pytest.raises(ValueError, match="imgs"):
       data.DSpritesNpz(tmp_path / "bad.npz")
+
+  @pytest.mark.parametrize(
+    "kind, detail",
+    [
+      ("random_bytes", "not a zip archive (5000 bytes)"),
+      ("empty", "not a zip archive (0 bytes)"),
+      ("html_error_page", "not a zip archive"),
+      ("npy_not_npz", "not a zip archive"),
+      ("truncated_download", "not a zip archive"),
+      ("zip_of_other_files", "keys ['imgs', 'latents_classes'] missing (it holds ['README.txt'])"),
+      (
+        "npz_wrong_keys",
+        "keys ['imgs', 'latents_classes'] missing (it holds ['images', 'labels'])",
+      ),
+      ("pickled_labels", "latents_classes: Object arrays cannot be loaded"),
+      ("float_labels", "latents_classes must hold integer classes, got dtype float64"),
+      ("labels_out_of_range", "latents_classes scale spans 0..7, dSprites has 0..5"),
+      ("labels_wrong_shape", "latents_classes must be [N > 0, 6] (colour first), got (48, 3)"),
+      ("images_wrong_shape", "imgs must be [N, 64, 64], got rows of shape (32, 32)"),
+      ("images_scalar", "'imgs' must be a C-ordered numeric array"),
+      ("corrupt_deflate", "damaged archive (error: Error -3 while decompressing data"),
+      ("bad_crc", "damaged archive (BadZipFile: Bad CRC-32 for file 'imgs.npy')"),
+    ],
+  )
+  def test_not_the_npz_is_one_clear_line(self, tmp_path, kind, detail):
+    """Any file that is not the official npz gives one ValueError line: the path, that it is not
+    the dSprites npz, why, and where to download it; nothing is written anywhere."""
+    path = tmp_path / "in" / real.NPZ_NAME
+    path.parent.mkdir()
+    _write_bad_npz(path, kind)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ValueError) as info:
+      data.get_dataset("dsprites_npz", path=path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path} is not the dSprites npz ({real.NPZ_NAME}): "), message
+    assert detail in message and f"Download it from {real.NPZ_URL}" in message
+    assert sorted(tmp_path.rglob("*")) == before
 
   def test_incomplete_grid(self, tmp_path):
     """A file missing a factor combination is rejected when opened."""
