@@ -1,4 +1,4 @@
-"""On-disk cache of generated arrays: atomic writes, checked loads, memory-mapped reads.
+"""On-disk cache of generated arrays: atomic writes, checked loads, one generation at a time.
 
 File layout (one file per array):
 
@@ -8,29 +8,45 @@ File layout (one file per array):
   bytes 4096..     the raw C-ordered payload
 
 A file is written under a temporary name in the same folder, fsynced, then moved into place with
-`os.replace`, so a reader sees either no file or a complete one. Loading checks the magic, the
-metadata the caller expects (generator version, shape, dtype), the file size and the payload's
-sha256, and returns a read-only `np.memmap`: the payload is never held in memory twice.
+`os.replace`, so a reader sees either no file or a complete one; no file is ever rewritten in
+place. Loading checks the magic, the metadata the caller expects (generator version, shape,
+dtype) and the file size, reads the payload into process memory and checks its sha256 on those
+same bytes. The array in memory is what was verified, and nothing done to the file afterwards (a
+rebuild, an external truncation, which would kill a process reading a memory map with SIGBUS)
+can change or crash a run that loaded it.
+
+Generation is serialised by an exclusive `flock` on `<file>.lock` (`generation_lock`): a second
+process waits for the first and then loads its file. Temporary files are only ever written under
+that lock, so the lock's holder knows that any temporary file it finds is a leftover of a killed
+generation, and removes it (`remove_stale_temp_files`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import struct
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 from absl import logging
 
+try:
+  import fcntl
+except ImportError:  # not POSIX (Windows): generations are not serialised there
+  fcntl = None
+
 CACHE_ENV_VAR = "DISENTANGLE_JAX_CACHE"
 MAGIC = b"DJAXARR1"
 HEADER_BYTES = 4096
 TEMP_MARKER = ".tmp-"
+LOCK_SUFFIX = ".lock"
 _HASH_CHUNK = 16 << 20
 
 
@@ -60,6 +76,10 @@ def write_array(
   metadata: Mapping[str, Any] | None = None,
 ) -> None:
   """Streams `chunks` (concatenated along axis 0) to `path` atomically.
+
+  The data go to a temporary file `<path>.tmp-*` that replaces `path` once complete. Call it while
+  holding `generation_lock(path)` if other processes may write `path` too: the lock is what tells
+  `remove_stale_temp_files` that a temporary file has no live writer.
 
   Args:
     path: destination file; its folder is created if needed.
@@ -109,63 +129,151 @@ def read_array(
   *,
   metadata: Mapping[str, Any] | None = None,
   verify: bool = True,
-) -> np.memmap:
-  """Opens a file written by `write_array` as a read-only memory map, after checking it.
+) -> np.ndarray:
+  """Reads a file written by `write_array` into memory, after checking it.
+
+  The payload is read into process memory (not memory-mapped) and its sha256 is computed on
+  those bytes, so the array returned is exactly what was verified, and later changes to the file
+  (a rebuild, a truncation by another program) cannot alter it or crash the reader with SIGBUS.
 
   Args:
     path: the cache file.
     metadata: values the header must hold (e.g. generator version); any difference is a
       `CacheError`, so a cache from another version of the code is never used.
-    verify: also check the payload's sha256 (reads the whole file once, ~0.2 s per 360 MB).
+    verify: also check the payload's sha256 (~0.2 s per 360 MB on top of reading it).
 
   Returns:
-    np.memmap with the stored shape and dtype.
+    Read-only np.ndarray with the stored shape and dtype.
 
   Raises:
     FileNotFoundError: no file at `path`.
-    CacheError: the file is truncated, corrupted or from other settings.
+    CacheError: the file is truncated (also while being read), corrupted or from other settings.
   """
   path = pathlib.Path(path)
-  size = path.stat().st_size
   with open(path, "rb") as f:
-    head = f.read(HEADER_BYTES)
-  header = _decode_header(head, path)
-  stored = header.get("metadata", {})
-  for key, want in (metadata or {}).items():
-    if stored.get(key) != want:
-      raise CacheError(f"{path}: header has {key}={stored.get(key)!r}, expected {want!r}.")
-  try:
-    shape = tuple(int(s) for s in header["shape"])
-    dtype = np.dtype(header["dtype"])
-    sha = str(header["sha256"])
-  except (KeyError, TypeError, ValueError) as e:
-    raise CacheError(f"{path}: malformed header ({e}).") from e
-  nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-  if size != HEADER_BYTES + nbytes:
-    raise CacheError(f"{path}: file has {size} bytes, header promises {HEADER_BYTES + nbytes}.")
-  if verify:
-    actual = file_sha256(path, offset=HEADER_BYTES)
-    if actual != sha:
-      raise CacheError(f"{path}: payload checksum {actual[:12]}... != stored {sha[:12]}...")
-  return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=shape)
-
-
-def file_sha256(path: str | os.PathLike, *, offset: int = 0) -> str:
-  """sha256 hex digest of a file's bytes from `offset`, read in 16 MiB chunks."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    f.seek(offset)
-    while chunk := f.read(_HASH_CHUNK):
-      digest.update(chunk)
-  return digest.hexdigest()
+    size = os.fstat(f.fileno()).st_size
+    header = _decode_header(f.read(HEADER_BYTES), path)
+    stored = header.get("metadata", {})
+    for key, want in (metadata or {}).items():
+      if stored.get(key) != want:
+        raise CacheError(f"{path}: header has {key}={stored.get(key)!r}, expected {want!r}.")
+    try:
+      shape = tuple(int(s) for s in header["shape"])
+      dtype = np.dtype(header["dtype"])
+      sha = str(header["sha256"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise CacheError(f"{path}: malformed header ({e}).") from e
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != HEADER_BYTES + nbytes:
+      raise CacheError(f"{path}: file has {size} bytes, header promises {HEADER_BYTES + nbytes}.")
+    payload = np.empty(nbytes, dtype=np.uint8)
+    view = memoryview(payload)
+    digest = hashlib.sha256() if verify else None
+    done = 0
+    while done < nbytes:
+      got = f.readinto(view[done : done + _HASH_CHUNK])
+      if not got:
+        raise CacheError(f"{path}: file ended after {HEADER_BYTES + done} bytes while reading it.")
+      if digest is not None:
+        digest.update(view[done : done + got])
+      done += got
+  if digest is not None and digest.hexdigest() != sha:
+    raise CacheError(
+      f"{path}: payload checksum {digest.hexdigest()[:12]}... != stored {sha[:12]}..."
+    )
+  array = payload.view(dtype).reshape(shape)
+  array.flags.writeable = False
+  return array
 
 
 def leftover_temp_files(path: str | os.PathLike) -> list[pathlib.Path]:
-  """Temporary files that interrupted writes of `path` left behind (never read by `read_array`)."""
+  """Temporary files of writes of `path` (live ones included; `read_array` never reads them)."""
   path = pathlib.Path(path)
   if not path.parent.is_dir():
     return []
   return sorted(path.parent.glob(path.name + TEMP_MARKER + "*"))
+
+
+def lock_path(path: str | os.PathLike) -> pathlib.Path:
+  """The lock file `<path>.lock` that serialises generations of `path` (kept after use)."""
+  path = pathlib.Path(path)
+  return path.with_name(path.name + LOCK_SUFFIX)
+
+
+@contextlib.contextmanager
+def generation_lock(path: str | os.PathLike, *, blocking: bool = True) -> Iterator[bool]:
+  """Holds an exclusive `flock` on `<path>.lock` for the `with` block.
+
+  If another process holds it, logs that it waits for that process and blocks until it is free
+  (with `blocking=False` it does not wait and yields False instead). The kernel releases the lock
+  when its holder exits, however it dies, so a killed generation never blocks the next one. The
+  lock file itself stays (removing it would let two processes lock two different files).
+  Locks are per open file, so two threads of one process also exclude each other.
+
+  Args:
+    path: the cache file the lock protects.
+    blocking: wait for the lock; if False, yield False when another process holds it.
+
+  Yields:
+    True when the lock is held, False (only with blocking=False) when it is not.
+  """
+  if fcntl is None:
+    logging.warning(
+      "no file locking on this platform: make sure no other process generates %s now", path
+    )
+    yield True
+    return
+  lock = lock_path(path)
+  lock.parent.mkdir(parents=True, exist_ok=True)
+  # Read-only is enough for flock, so users who may not write the file can still lock it.
+  fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      if not blocking:
+        yield False
+        return
+      logging.warning("waiting for another process that is generating %s (lock %s)", path, lock)
+      start = time.perf_counter()
+      fcntl.flock(fd, fcntl.LOCK_EX)
+      logging.info("got the lock %s after %.1f s", lock, time.perf_counter() - start)
+    yield True
+  finally:
+    os.close(fd)  # releases the lock
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[pathlib.Path]:
+  """Deletes the temporary files that killed writes of `path` left behind; returns them.
+
+  Call only while holding `generation_lock(path)`: temporary files are written under that lock,
+  so while it is held none of them can belong to a live generation.
+  """
+  if fcntl is None:
+    # Without locks a temporary file may belong to a live generation: name them, keep them.
+    leftovers = leftover_temp_files(path)
+    if leftovers:
+      logging.warning(
+        "temporary files of %s (delete them when no process is generating it): %s",
+        path,
+        ", ".join(p.name for p in leftovers),
+      )
+    return []
+  removed = []
+  for leftover in leftover_temp_files(path):
+    try:
+      leftover.unlink()
+    except FileNotFoundError:
+      continue
+    removed.append(leftover)
+  if removed:
+    logging.warning(
+      "removed %d temporary file(s) of interrupted generations of %s: %s",
+      len(removed),
+      path,
+      ", ".join(p.name for p in removed),
+    )
+  return removed
 
 
 def _encode_header(header: dict[str, Any]) -> bytes:

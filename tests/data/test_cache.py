@@ -1,14 +1,22 @@
-"""Tests of the on-disk cache: atomic writes, corruption detection, rebuilds, the cache folder."""
+"""Tests of the on-disk cache: atomic writes, corruption detection, rebuilds, the generation lock,
+stale temporary files, the cache folder."""
 
 import json
 import logging
 import os
 import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from disentangle_jax.data import cache, dsprites, ground_truth
+
+REPO = pathlib.Path(__file__).parents[2]
 
 # Two full blocks and a partial one: a few ms to render, exercises the block boundaries.
 NUM = 2 * 1024 + 300
@@ -19,6 +27,15 @@ def _expected_packed(num=NUM):
   return np.packbits(dsprites.render_dsprites(factors), axis=-1)
 
 
+def _wait_for(condition, timeout=60.0):
+  """Polls `condition` until true; fails the test after `timeout` seconds."""
+  deadline = time.monotonic() + timeout
+  while not condition():
+    if time.monotonic() > deadline:
+      pytest.fail(f"timed out after {timeout} s waiting for {condition}")
+    time.sleep(0.01)
+
+
 @pytest.fixture(name="built")
 def fixture_built(tmp_path):
   packed = dsprites.load_or_generate(tmp_path, num_images=NUM)
@@ -26,18 +43,37 @@ def fixture_built(tmp_path):
 
 
 class TestArrayFile:
-  def test_roundtrip_and_memmap(self, tmp_path):
-    """write_array/read_array round-trip chunks into one read-only memory map with metadata."""
+  def test_roundtrip_in_memory(self, tmp_path):
+    """write_array/read_array round-trip chunks into one read-only in-memory array (no map)."""
     path = tmp_path / "sub" / "a.bin"
     data = np.arange(5 * 3 * 2, dtype=np.int32).reshape(5, 3, 2)
     cache.write_array(
       path, [data[:2], data[2:]], shape=(5, 3, 2), dtype=np.int32, metadata={"v": 3}
     )
     loaded = cache.read_array(path, metadata={"v": 3})
-    assert isinstance(loaded, np.memmap) and not loaded.flags.writeable
+    assert not isinstance(loaded, np.memmap) and not loaded.flags.writeable
+    assert loaded.dtype == np.int32 and loaded.shape == (5, 3, 2)
     np.testing.assert_array_equal(loaded, data)
     assert path.stat().st_size == cache.HEADER_BYTES + data.nbytes
     assert cache.leftover_temp_files(path) == []
+
+  @pytest.mark.parametrize("change", ["flip_in_place", "replace", "delete"])
+  def test_loaded_array_ignores_later_file_changes(self, tmp_path, change):
+    """What was verified is what is used: rewriting, replacing or deleting the file afterwards
+    leaves a loaded array unchanged (a memory map would show the in-place flip)."""
+    path = tmp_path / "a.bin"
+    data = np.arange(3000, dtype=np.int64)
+    cache.write_array(path, [data], shape=data.shape, dtype=data.dtype)
+    loaded = cache.read_array(path)
+    if change == "flip_in_place":
+      with open(path, "r+b") as f:  # same size, so a map would not SIGBUS, only change
+        f.seek(cache.HEADER_BYTES)
+        f.write(b"\xff" * 800)
+    elif change == "replace":
+      cache.write_array(path, [data + 1], shape=data.shape, dtype=data.dtype)
+    else:
+      path.unlink()
+    np.testing.assert_array_equal(loaded, data)
 
   def test_metadata_mismatch_is_an_error(self, tmp_path):
     """A file written with other metadata (e.g. an older generator version) is rejected."""
@@ -129,19 +165,97 @@ class TestDSpritesCache:
     np.testing.assert_array_equal(reloaded, packed)
     cache.read_array(path)  # the rebuilt file verifies
 
-  def test_leftover_temp_file_is_ignored(self, tmp_path, caplog):
-    """A temp file left by an interrupted generation is never read; a fresh cache is built."""
+  def test_stale_temp_file_is_removed(self, tmp_path, caplog):
+    """A temp file with no lock holder (a killed generation's) is never read, and the next
+    generation removes it, with a logged warning naming it; other files are left alone."""
     path = dsprites.cache_file(tmp_path, NUM)
     leftover = pathlib.Path(str(path) + cache.TEMP_MARKER + "dead")
     leftover.write_bytes(b"partial garbage")
+    other = tmp_path / (dsprites.cache_file(tmp_path, NUM + 1).name + cache.TEMP_MARKER + "x")
+    other.write_bytes(b"another file's temp")
     with caplog.at_level(logging.WARNING):
       packed = dsprites.load_or_generate(tmp_path, num_images=NUM)
     np.testing.assert_array_equal(packed, _expected_packed())
-    assert leftover.read_bytes() == b"partial garbage"
-    assert any("leftover" in r.getMessage() for r in caplog.records)
+    assert not leftover.exists() and other.exists()
+    assert any("removed 1 temporary file" in r.getMessage() for r in caplog.records)
+    assert any(leftover.name in r.getMessage() for r in caplog.records)
+
+  def test_temp_file_is_kept_while_its_generation_holds_the_lock(self, tmp_path, caplog):
+    """A temp file whose writer holds the lock is live: a second caller waits (with a log line)
+    and never touches it; once the writer finishes, the waiter loads that writer's file."""
+    path = dsprites.cache_file(tmp_path, NUM)
+    live = pathlib.Path(str(path) + cache.TEMP_MARKER + "live")
+    result = {}
+
+    def waiter():
+      result["packed"] = dsprites.load_or_generate(tmp_path, num_images=NUM)
+
+    with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="absl"):
+      with cache.generation_lock(path):
+        live.write_bytes(b"being written")
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        _wait_for(lambda: any("waiting for another" in r.getMessage() for r in caplog.records))
+        assert live.read_bytes() == b"being written"
+        # Finish "our" generation as write_array would: the temp file becomes the cache.
+        live.unlink()
+        cache.write_array(
+          path,
+          [_expected_packed()],
+          shape=(NUM, 64, 8),
+          dtype=np.uint8,
+          metadata={
+            "name": "dsprites",
+            "generator_version": dsprites.GENERATOR_VERSION,
+            "num_images": NUM,
+          },
+        )
+      thread.join(timeout=60)
+    np.testing.assert_array_equal(result["packed"], _expected_packed())
+    assert any("generated by another process" in r.getMessage() for r in caplog.records)
+    assert not any(r.getMessage().startswith("wrote") for r in caplog.records)
+
+  def test_threads_generate_once(self, tmp_path, monkeypatch):
+    """Four concurrent callers on a missing cache: exactly one generation, same bytes for all."""
+    original = dsprites.iter_packed_blocks
+    calls = []
+
+    def counted(*args, **kwargs):
+      calls.append(1)
+      time.sleep(0.2)  # keep the generation open while the others arrive
+      yield from original(*args, **kwargs)
+
+    monkeypatch.setattr(dsprites, "iter_packed_blocks", counted)
+    results = [None] * 4
+
+    def load(i):
+      results[i] = dsprites.load_or_generate(tmp_path, num_images=NUM)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join(timeout=60)
+    assert len(calls) == 1
+    for packed in results:
+      np.testing.assert_array_equal(packed, _expected_packed())
+
+  def test_loaded_cache_survives_rebuild(self, built, caplog):
+    """A rebuild while a reader holds the old array does not disturb that reader."""
+    tmp_path, path, packed = built
+    first = dsprites.load_or_generate(tmp_path, num_images=NUM)
+    raw = bytearray(path.read_bytes())
+    raw[cache.HEADER_BYTES + 99] ^= 0xFF
+    path.write_bytes(bytes(raw))  # truncates and rewrites in place: a map would see it
+    with caplog.at_level(logging.WARNING):
+      second = dsprites.load_or_generate(tmp_path, num_images=NUM)
+    assert any("rebuilding" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(first, packed)
+    np.testing.assert_array_equal(second, packed)
 
   def test_killed_generation_then_rebuild(self, tmp_path, monkeypatch):
-    """If generation dies midway nothing is left behind, and the next call builds a good cache."""
+    """If generation dies midway only the (empty) lock file is left, and the next call builds a
+    good cache."""
     original = dsprites.iter_packed_blocks
 
     def dying(*args, **kwargs):
@@ -152,7 +266,8 @@ class TestDSpritesCache:
     monkeypatch.setattr(dsprites, "iter_packed_blocks", dying)
     with pytest.raises(KeyboardInterrupt):
       dsprites.load_or_generate(tmp_path, num_images=NUM)
-    assert list(tmp_path.iterdir()) == []
+    path = dsprites.cache_file(tmp_path, NUM)
+    assert list(tmp_path.iterdir()) == [cache.lock_path(path)]  # no cache, no temp file
     monkeypatch.setattr(dsprites, "iter_packed_blocks", original)
     np.testing.assert_array_equal(
       dsprites.load_or_generate(tmp_path, num_images=NUM), _expected_packed()
@@ -164,10 +279,164 @@ class TestDSpritesCache:
     three = dsprites.load_or_generate(tmp_path / "three", num_images=NUM, num_workers=3)
     np.testing.assert_array_equal(one, three)
 
-  def test_rejects_bad_size(self, tmp_path):
-    """num_images outside [1, 737280] is a ValueError."""
+  @pytest.mark.parametrize("num", [0, -3, dsprites.NUM_IMAGES + 1])
+  def test_rejects_bad_size(self, tmp_path, num):
+    """num_images outside [1, 737280] is a ValueError, and nothing (not even a lock) is written."""
     with pytest.raises(ValueError, match="num_images"):
-      dsprites.load_or_generate(tmp_path, num_images=dsprites.NUM_IMAGES + 1)
+      dsprites.load_or_generate(tmp_path / "c", num_images=num)
+    assert list(tmp_path.iterdir()) == []
+
+
+class TestGenerationLock:
+  def test_lock_file_sits_next_to_the_cache_file(self, tmp_path):
+    path = tmp_path / "sub" / "a.bits"
+    with cache.generation_lock(path) as held:
+      assert held and cache.lock_path(path) == tmp_path / "sub" / "a.bits.lock"
+      assert cache.lock_path(path).exists()
+
+  def test_excludes_a_second_holder_until_released(self, tmp_path):
+    """flock is per open file: a second attempt (even in this process) fails while held, and
+    succeeds once the holder leaves its block, including by an exception."""
+    path = tmp_path / "a.bits"
+    with pytest.raises(RuntimeError), cache.generation_lock(path):
+      with cache.generation_lock(path, blocking=False) as held:
+        assert not held
+      raise RuntimeError("generation failed")
+    with cache.generation_lock(path, blocking=False) as held:
+      assert held
+
+  def test_stale_removal_only_touches_this_files_temps(self, tmp_path):
+    path = tmp_path / "a.bits"
+    mine = [tmp_path / f"a.bits{cache.TEMP_MARKER}{i}" for i in range(2)]
+    others = [
+      tmp_path / "a.bits",
+      tmp_path / "a.bits.lock",
+      tmp_path / f"b.bits{cache.TEMP_MARKER}1",
+    ]
+    for f in mine + others:
+      f.write_bytes(b"x")
+    with cache.generation_lock(path):
+      assert cache.remove_stale_temp_files(path) == sorted(mine)
+    assert [f.exists() for f in mine + others] == [False, False, True, True, True]
+
+  def test_without_flock_generation_works_and_keeps_temp_files(self, tmp_path, monkeypatch, caplog):
+    """On a platform without fcntl (Windows) nothing is locked, so no temp file is deleted."""
+    monkeypatch.setattr(cache, "fcntl", None)
+    path = dsprites.cache_file(tmp_path, NUM)
+    other = pathlib.Path(str(path) + cache.TEMP_MARKER + "maybe_live")
+    other.write_bytes(b"x")
+    with caplog.at_level(logging.WARNING):
+      packed = dsprites.load_or_generate(tmp_path, num_images=NUM)
+    np.testing.assert_array_equal(packed, _expected_packed())
+    assert other.exists() and not cache.lock_path(path).exists()
+    assert any("no file locking" in r.getMessage() for r in caplog.records)
+
+
+# A child process for the cross-process tests: loads (or generates) the cache in argv[1] with
+# argv[2] images and checks it against the renderer. PAUSE=<file>: pause the generation after
+# its first block until <file> exists (touching <file>.started first). TRUNCATE=1: truncate the
+# cache file after loading, then use the loaded images.
+_CHILD = """
+import os, pathlib, sys, time
+import numpy as np
+from absl import logging
+from disentangle_jax.data import dsprites, ground_truth
+logging.set_verbosity(logging.INFO)
+folder, num = sys.argv[1], int(sys.argv[2])
+pause = os.environ.get("PAUSE")
+if pause:
+  original = dsprites.iter_packed_blocks
+  def paused(*args, **kwargs):
+    blocks = original(*args, **kwargs)
+    yield next(blocks)
+    pathlib.Path(pause + ".started").touch()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(pause) and time.monotonic() < deadline:
+      time.sleep(0.01)
+    yield from blocks
+  dsprites.iter_packed_blocks = paused
+packed = dsprites.load_or_generate(folder, num_images=num)
+if os.environ.get("TRUNCATE"):
+  os.truncate(dsprites.cache_file(folder, num), 0)
+factors = ground_truth.index_to_factors(np.arange(num), dsprites.FACTOR_SIZES)
+same = np.array_equal(dsprites.unpack_images(packed), dsprites.render_dsprites(factors))
+print("SAME" if same else "DIFFERENT", flush=True)
+"""
+
+
+def _child(folder, num, log, **env):
+  return subprocess.Popen(
+    [sys.executable, "-c", _CHILD, str(folder), str(num)],
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": str(REPO), **env},
+    stdout=subprocess.PIPE,
+    stderr=open(log, "w"),  # noqa: SIM115 (the child owns it)
+    text=True,
+  )
+
+
+def _finish(process, timeout=120):
+  try:
+    out, _ = process.communicate(timeout=timeout)
+  finally:
+    process.kill()
+  return process.returncode, out
+
+
+class TestProcesses:
+  def test_second_process_waits_then_loads_the_first_ones_file(self, tmp_path):
+    """Two processes need the same missing cache: the second logs that it waits, leaves the
+    first one's live temp file alone, then loads the finished file without generating."""
+    folder, pause = tmp_path / "cache", tmp_path / "go"
+    path = dsprites.cache_file(folder, NUM)
+    first = _child(folder, NUM, tmp_path / "first.log", PAUSE=str(pause))
+    second = None
+    try:
+      _wait_for(lambda: pathlib.Path(str(pause) + ".started").exists())
+      assert len(cache.leftover_temp_files(path)) == 1  # the first one's live temp file
+      second = _child(folder, NUM, tmp_path / "second.log")
+      _wait_for(lambda: "waiting for another process" in (tmp_path / "second.log").read_text())
+      with cache.generation_lock(path, blocking=False) as held:
+        assert not held
+      assert len(cache.leftover_temp_files(path)) == 1
+      pause.touch()
+      assert _finish(first) == (0, "SAME\n")
+      assert _finish(second) == (0, "SAME\n")
+    finally:
+      for process in (first, second):
+        if process is not None:
+          process.kill()
+    log = (tmp_path / "second.log").read_text()
+    assert "generated by another process" in log and "wrote" not in log
+    assert "wrote" in (tmp_path / "first.log").read_text()
+    assert cache.leftover_temp_files(path) == []
+
+  def test_killed_generation_leaves_a_temp_file_the_next_one_removes(self, tmp_path, caplog):
+    """SIGKILL mid-generation leaves a temp file (nothing can delete it then); the next
+    generation finds no lock holder, removes it with a warning, and builds a good cache."""
+    folder, pause = tmp_path / "cache", tmp_path / "go"
+    path = dsprites.cache_file(folder, NUM)
+    child = _child(folder, NUM, tmp_path / "child.log", PAUSE=str(pause))
+    try:
+      _wait_for(lambda: pathlib.Path(str(pause) + ".started").exists())
+    finally:
+      child.send_signal(signal.SIGKILL)
+      child.communicate(timeout=60)
+    (leftover,) = cache.leftover_temp_files(path)
+    assert not path.exists()
+    with caplog.at_level(logging.WARNING):
+      packed = dsprites.load_or_generate(folder, num_images=NUM)
+    np.testing.assert_array_equal(packed, _expected_packed())
+    assert not leftover.exists() and cache.leftover_temp_files(path) == []
+    assert any(leftover.name in r.getMessage() for r in caplog.records)
+
+  def test_truncating_the_cache_under_a_live_run_does_not_kill_it(self, tmp_path, built):
+    """The loaded images live in process memory: truncating the file afterwards (a memory map
+    would die of SIGBUS, exit code -7) changes nothing for the run."""
+    folder, path, _ = built
+    code, out = _finish(_child(folder, NUM, tmp_path / "child.log", TRUNCATE="1"))
+    assert (code, out) == (0, "SAME\n"), (tmp_path / "child.log").read_text()
+    assert path.stat().st_size == 0
 
 
 class TestCacheFolder:
