@@ -13,8 +13,8 @@ disentangle_jax/training/report.py for the report's files).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from disentangle_jax.training import cli, evaluate_checkpoint
 from disentangle_jax.training import config as config_lib
-from disentangle_jax.training import evaluate_checkpoint
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's folder (checkpoints/, config.json).")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -27,20 +27,16 @@ _METRICS = flags.DEFINE_string(
 flags.mark_flags_as_required(["workdir"])
 
 
-def _not_orbax(record) -> bool:
-  return record.levelno > logging.converter.STANDARD_INFO or "orbax" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_not_orbax)
-  config = _CONFIG.value or config_lib.load_saved_config(f"{_WORKDIR.value}/config.json")
-  if _METRICS.value is not None:
-    config.unlock()
-    config.eval.metrics = _METRICS.value
-    config.lock()
-  results = evaluate_checkpoint(_WORKDIR.value, config, step=_STEP.value)
+  cli.set_up_logging()
+  with cli.one_line_errors():
+    config = _CONFIG.value or config_lib.load_saved_config(f"{_WORKDIR.value}/config.json")
+    if _METRICS.value is not None:
+      with config.unlocked():
+        config.eval.metrics = _METRICS.value
+    results = evaluate_checkpoint(_WORKDIR.value, config, step=_STEP.value)
   for name, value in results.get("scores", {}).items():
     logging.info("%-40s %.4f", name, value)
 

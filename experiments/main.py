@@ -1,42 +1,45 @@
 """Trains and evaluates one model.
 
   python experiments/main.py --config=experiments/configs/isa_vae.py:quick --workdir=workdirs/isa
-  python experiments/main.py --config=experiments/configs/beta_vae.py --config.objective.beta=6
+  python experiments/main.py --config=experiments/configs/beta_vae.py \
+      --config.objective.beta_vae.beta=6 --workdir=workdirs/bvae6
 
-Running the same command again resumes from the workdir's last checkpoint. On Linux with glibc
-2.35+, the process first restarts itself once with huge-page malloc for XLA's large per-step
-buffers (`disentangle_jax.training.host_memory`; DISENTANGLE_JAX_HUGE_PAGES=0 turns that off).
+Running the same command again resumes from the workdir's last checkpoint; Ctrl-C (or SIGTERM)
+saves a checkpoint of the step reached first. A workdir holding a run of another config is
+refused unless --allow_config_change.
 """
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from disentangle_jax.training import host_memory, train_and_evaluate
+from disentangle_jax.training import cli, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (file.py:arg).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and results.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+  "allow_config_change",
+  False,
+  "Continue the workdir's run with a config that differs from its config.json (e.g. more "
+  "num_steps).",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
   "distributed", False, "Call jax.distributed.initialize() first (one process per host)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _not_orbax(record) -> bool:
-  """Keeps orbax's per-save INFO lines out of the progress log (warnings still show)."""
-  return record.levelno > logging.converter.STANDARD_INFO or "orbax" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_not_orbax)
-  logging.info("host memory: %s", host_memory.describe())
+  cli.set_up_logging()
   if _DISTRIBUTED.value:
     jax.distributed.initialize()  # coordinator and process ids from the cluster's environment
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  with cli.one_line_errors():
+    train_and_evaluate(
+      _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
+    )
 
 
 if __name__ == "__main__":
-  host_memory.reexec_with_huge_pages()
   app.run(main)

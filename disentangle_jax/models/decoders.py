@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
-
-from disentangle_jax.models import conv_lowering
 
 
 def _check_code(code: jax.Array) -> None:
@@ -60,20 +59,8 @@ class ConvDecoder(nn.Module):
 
   Attributes:
     output_shape: (64, 64, C); only the channel count is free.
-    lowering: how the transposed convolutions run: "auto" (on the CPU backend "onednn" for float32
-      where oneDNN's kernels build, else "subpixel"; "flax" elsewhere), "onednn"
-      (`conv_lowering.ConvTranspose` with oneDNN's convolutions as XLA custom calls), "subpixel"
-      (`conv_lowering.ConvTranspose`: matrix products, sub-pixel gradients) or "flax" (plain
-      `nn.ConvTranspose`). Same params and, up to float32 rounding, the same outputs and gradients
-      every way.
-    batch_chunk: with the sub-pixel kernels, examples per chunk when the network runs a chunk
-      at a time (`conv_lowering.apply_in_chunks`; the backward pass keeps the small activations
-      and recomputes the large ones): None picks `conv_lowering.NETWORK_CHUNK` (16) when it
-      divides the batch well, 0 turns it off.
-      Only the transposed convolutions are chunked: the dense layers run faster on the whole
-      batch.
-    from_features: take the [B, 4, 4, 64] output of the dense layers instead of codes (how the
-      chunked path runs the transposed convolutions alone).
+    conv_transpose: the transposed convolution layer class, `nn.ConvTranspose` or a drop-in
+      with its parameters (e.g. `disentangle_jax.cpu_conv.ConvTranspose`).
 
   References:
     Locatello et al., `Challenging Common Assumptions in the Unsupervised Learning of
@@ -81,9 +68,7 @@ class ConvDecoder(nn.Module):
   """
 
   output_shape: tuple[int, int, int] = (64, 64, 1)
-  lowering: str = "auto"
-  batch_chunk: int | None = None
-  from_features: bool = False
+  conv_transpose: Any = nn.ConvTranspose
 
   @nn.compact
   def __call__(self, code: jax.Array) -> jax.Array:
@@ -95,8 +80,6 @@ class ConvDecoder(nn.Module):
     Returns:
       [B, 64, 64, C] logits.
     """
-    if self.from_features:
-      return self._deconvs(code)
     _check_code(code)
     if len(self.output_shape) != 3 or tuple(self.output_shape[:2]) != (64, 64):
       raise ValueError(
@@ -104,25 +87,9 @@ class ConvDecoder(nn.Module):
       )
     h = nn.relu(nn.Dense(256)(code))
     h = nn.relu(nn.Dense(1024)(h)).reshape(code.shape[0], 4, 4, 64)
-    chunk = conv_lowering.network_chunk(code.shape[0], self.batch_chunk)
-    kernels = conv_lowering.resolve_lowering(self.lowering, h.dtype)
-    if kernels == "subpixel" and chunk < code.shape[0] and conv_lowering.can_chunk(self):
-      # Only the transposed convolutions run a chunk at a time; the dense layers take the
-      # whole batch.
-      return conv_lowering.apply_in_chunks(self, h, chunk, batch_chunk=0, from_features=True)
-    return self._deconvs(h)
-
-  def _deconvs(self, h: jax.Array) -> jax.Array:
-    """The four transposed convolutions: [B, 4, 4, 64] -> [B, 64, 64, C] logits."""
-    plain = conv_lowering.resolve_lowering(self.lowering, h.dtype) == "flax"
-    deconv = nn.ConvTranspose if plain else conv_lowering.ConvTranspose
-    # conv_lowering.ConvTranspose applies the ReLU itself (inside oneDNN's deconvolution where
-    # that runs).
     for i, features in enumerate((64, 32, 32, self.output_shape[-1])):
-      hidden = i < 3
-      extra = {} if plain else {"lowering": self.lowering, "apply_relu": hidden}
-      layer = deconv(
-        features, (4, 4), strides=(2, 2), padding="SAME", name=f"ConvTranspose_{i}", **extra
+      layer = self.conv_transpose(
+        features, (4, 4), strides=(2, 2), padding="SAME", name=f"ConvTranspose_{i}"
       )
-      h = nn.relu(layer(h)) if plain and hidden else layer(h)
+      h = layer(h) if i == 3 else nn.relu(layer(h))
     return h

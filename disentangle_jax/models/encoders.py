@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from disentangle_jax.models import conv_lowering
 
 
 class EncoderOutput(NamedTuple):
@@ -102,19 +100,8 @@ class ConvEncoder(nn.Module):
     latent_dim: K, the number of continuous (Gaussian) latents.
     categorical_sizes: K_i, the number of categories of each categorical latent.
     kernel_sizes: the four convolutions' kernel sizes.
-    lowering: how the convolutions run: "auto" (on the CPU backend "onednn" for float32
-      where oneDNN's kernels build, else "subpixel"; "flax" elsewhere), "onednn"
-      (`conv_lowering.Conv` with oneDNN's convolutions as XLA custom calls), "subpixel"
-      (`conv_lowering.Conv`: matrix products, sub-pixel gradients) or "flax" (plain
-      `nn.Conv`). Same params and, up to float32 rounding, the same outputs and gradients
-      every way.
-    batch_chunk: with the sub-pixel kernels, examples per chunk when the network runs a chunk
-      at a time (`conv_lowering.apply_in_chunks`; the backward pass keeps the small activations
-      and recomputes the large ones): None picks `conv_lowering.NETWORK_CHUNK` (16) when it
-      divides the batch well, 0 turns it off.
-      Only the convolutions are chunked: the dense layers run faster on the whole batch.
-    convs_only: return the flattened convolution features [B, 1024] instead of the posterior
-      (how the chunked path runs the convolutions alone).
+    conv: the convolution layer class, `nn.Conv` or a drop-in with its parameters (e.g.
+      `disentangle_jax.cpu_conv.Conv`, oneDNN's kernels on CPU).
 
   References:
     Locatello et al., `Challenging Common Assumptions in the Unsupervised Learning of
@@ -126,9 +113,7 @@ class ConvEncoder(nn.Module):
   latent_dim: int
   categorical_sizes: tuple[int, ...] = ()
   kernel_sizes: tuple[int, int, int, int] = (4, 4, 2, 2)
-  lowering: str = "auto"
-  batch_chunk: int | None = None
-  convs_only: bool = False
+  conv: Any = nn.Conv
 
   @nn.compact
   def __call__(self, x: jax.Array) -> EncoderOutput:
@@ -143,26 +128,8 @@ class ConvEncoder(nn.Module):
     _check_images(x)
     if len(self.kernel_sizes) != 4:
       raise ValueError(f"ConvEncoder needs 4 kernel sizes; got {self.kernel_sizes}.")
-    kernels = conv_lowering.resolve_lowering(self.lowering, jnp.result_type(x, jnp.float32))
-    plain = kernels == "flax"
-    chunk = conv_lowering.network_chunk(x.shape[0], self.batch_chunk)
-    if kernels == "subpixel" and chunk < x.shape[0] and conv_lowering.can_chunk(self):
-      # Only the convolutions run a chunk at a time; the dense layers take the whole batch.
-      h = conv_lowering.apply_in_chunks(self, x, chunk, batch_chunk=0, convs_only=True)
-    else:
-      h = self._convs(x, plain)
-    if self.convs_only:
-      return h
-    h = nn.relu(nn.Dense(256)(h))
-    return _Heads(self.latent_dim, tuple(self.categorical_sizes))(h)
-
-  def _convs(self, x: jax.Array, plain: bool) -> jax.Array:
-    """The four convolutions (ReLU after each): [B, 64, 64, C] -> flattened [B, 4*4*64]."""
-    # conv_lowering.Conv applies the ReLU itself (inside oneDNN's convolution where that runs).
-    conv = nn.Conv if plain else conv_lowering.Conv
-    extra = {} if plain else {"lowering": self.lowering, "apply_relu": True}
     h = x
     for i, (features, k) in enumerate(zip((32, 32, 64, 64), self.kernel_sizes, strict=True)):
-      layer = conv(features, (k, k), strides=(2, 2), padding="SAME", name=f"Conv_{i}", **extra)
-      h = nn.relu(layer(h)) if plain else layer(h)
-    return h.reshape(h.shape[0], -1)
+      h = nn.relu(self.conv(features, (k, k), strides=(2, 2), padding="SAME", name=f"Conv_{i}")(h))
+    h = nn.relu(nn.Dense(256)(h.reshape(h.shape[0], -1)))
+    return _Heads(self.latent_dim, tuple(self.categorical_sizes))(h)

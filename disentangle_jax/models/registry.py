@@ -19,6 +19,27 @@ ENCODERS = {
   "conv_k4": functools.partial(ConvEncoder, kernel_sizes=(4, 4, 4, 4)),
 }
 DECODERS = {"mlp": MLPDecoder, "conv": ConvDecoder}
+# How the conv nets' convolutions run: Flax's layers (default, any backend) or oneDNN's
+# kernels on CPU (`disentangle_jax.cpu_conv`, opt-in: pip install -e ".[cpu-conv]").
+CONV_IMPLS = ("flax", "onednn")
+
+
+def conv_layers(conv_impl: str) -> tuple[Any, Any]:
+  """(convolution class, transposed convolution class) of `conv_impl` ("flax" or "onednn").
+
+  Raises:
+    ValueError: for an unknown name.
+    disentangle_jax.cpu_conv.Unavailable: for "onednn" where its kernels cannot be built or
+      loaded (the message says why).
+  """
+  if conv_impl == "flax":
+    return nn.Conv, nn.ConvTranspose
+  if conv_impl == "onednn":
+    from disentangle_jax import cpu_conv  # opt-in: its kernels build with g++ on first use
+
+    cpu_conv.load()
+    return cpu_conv.Conv, cpu_conv.ConvTranspose
+  raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {', '.join(CONV_IMPLS)}.")
 
 
 def _tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -27,7 +48,12 @@ def _tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_encoder(
-  name: str, *, latent_dim: int, categorical_sizes: Sequence[int] = (), **kwargs
+  name: str,
+  *,
+  latent_dim: int,
+  categorical_sizes: Sequence[int] = (),
+  conv_impl: str = "flax",
+  **kwargs,
 ) -> nn.Module:
   """The encoder called `name`: "mlp", "conv" or "conv_k4" (all-k4 convolutions).
 
@@ -35,36 +61,44 @@ def make_encoder(
     name: key of `ENCODERS`.
     latent_dim: K, the number of Gaussian latents.
     categorical_sizes: the number of categories of each categorical latent (JointVAE).
+    conv_impl: how a conv encoder's convolutions run (`CONV_IMPLS`); ignored by "mlp".
     **kwargs: further attributes of the module, e.g. `hidden` for "mlp".
 
   Returns:
     A Flax module mapping [B, 64, 64, C] images to an `EncoderOutput`.
 
   Raises:
-    ValueError: for an unknown name.
+    ValueError: for an unknown name or conv_impl.
   """
   if name not in ENCODERS:
     raise ValueError(f"Unknown encoder {name!r}; valid names: {', '.join(ENCODERS)}.")
+  if name != "mlp":
+    kwargs["conv"] = conv_layers(conv_impl)[0]
   sizes = tuple(int(s) for s in categorical_sizes)
   return ENCODERS[name](latent_dim=latent_dim, categorical_sizes=sizes, **_tuples(kwargs))
 
 
-def make_decoder(name: str, *, output_shape: Sequence[int], **kwargs) -> nn.Module:
+def make_decoder(
+  name: str, *, output_shape: Sequence[int], conv_impl: str = "flax", **kwargs
+) -> nn.Module:
   """The decoder called `name`: "mlp" or "conv".
 
   Args:
     name: key of `DECODERS`.
     output_shape: shape of one observation, e.g. (64, 64, 1).
+    conv_impl: how a conv decoder's transposed convolutions run (`CONV_IMPLS`).
     **kwargs: further attributes of the module, e.g. `hidden` for "mlp".
 
   Returns:
     A Flax module mapping [B, D] codes to [B, *output_shape] logits.
 
   Raises:
-    ValueError: for an unknown name.
+    ValueError: for an unknown name or conv_impl.
   """
   if name not in DECODERS:
     raise ValueError(f"Unknown decoder {name!r}; valid names: {', '.join(DECODERS)}.")
+  if name != "mlp":
+    kwargs["conv_transpose"] = conv_layers(conv_impl)[1]
   shape = tuple(int(s) for s in output_shape)
   return DECODERS[name](output_shape=shape, **_tuples(kwargs))
 

@@ -1,19 +1,40 @@
-"""The base experiment config and the `:arg` preset parser used by experiments/configs/*.py.
+"""The base experiment config, the `:arg` presets, and the checks every run passes first.
 
-Every key a run can use exists here with a default, and the returned ConfigDict is locked: a
-misspelt override (`--config.objectiv.beta=4`) or a wrong type (`--config.batch_size=big`) is an
-error before anything is built or compiled.
+Every key a run can use exists in `base_config()` with a default, and experiment configs lock
+it: a misspelt override (`--config.objectiv.name=...`) or a wrong type (`--config.batch_size=big`)
+is an error before anything is built. `validate(config)` then checks every value (ranges, names,
+the Lp-nested layout) and raises one `ConfigError` listing each problem on its own line, before
+anything is compiled or written.
+
+Each objective's settings live under its own name (`config.objective.beta_tcvae.beta`); a run
+reads only the section of `config.objective.name`. Float settings of that section are the
+objective's hyperparameters (`objective_hparams`): they enter the train step as arrays, so a
+sweep over them is one compiled program.
 """
 
 from __future__ import annotations
 
+import ast
+import json
+import math
+import pathlib
+from typing import Any
+
 import ml_collections
+from ml_collections import config_dict
 
 from disentangle_jax.metrics.suite import parse_metric_names
 
 OBJECTIVES = ("beta_vae", "annealed_vae", "beta_tcvae", "factor_vae", "dip_vae", "joint_vae")
 PRIORS = ("normal", "lp_nested")
 LIKELIHOODS = ("bernoulli", "gaussian")
+ENCODERS = ("mlp", "conv", "conv_k4")
+DECODERS = ("mlp", "conv")
+CONV_IMPLS = ("flax", "onednn")
+
+
+class ConfigError(ValueError):
+  """A config value that makes no sense; the message names every bad key, one per line."""
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -50,24 +71,37 @@ def base_config() -> ml_collections.ConfigDict:
   """Defaults: a VAE with the Chen et al. MLP on generated dSprites (paper set-up, 50 epochs)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # Seeds config.seed, config.seed + 1, ... trained as one vmapped program (training/multi_seed.py)
-  # with the data order of config.seed; each seed's metrics and results go to workdir/seed_<s>/.
-  # Worth it on accelerators; on a CPU, K single runs one after another are faster.
+  # Seeds config.seed .. config.seed + num_seeds - 1 trained as one vmapped program with the
+  # data order of config.seed; each seed's metrics and results go to workdir/seed_<s>/.
   config.num_seeds = 1
 
-  # Data section: any name of disentangle_jax.data.DATASET_NAMES.
+  # ------------------------------------------------------------------ data
+  # Any name of disentangle_jax.data.DATASET_NAMES; its options below (unset ones are not passed).
   config.dataset = "dsprites"
-  config.dataset_kwargs = ml_collections.ConfigDict()  # e.g. {"data_dir": ...} for tfds
+  config.dataset_kwargs = ml_collections.ConfigDict(
+    {
+      "source": config_dict.placeholder(str),  # dsprites: "cache" (default) or "render"
+      "cache_dir": config_dict.placeholder(str),  # dsprites: where the generated file lives
+      "path": config_dict.placeholder(str),  # dsprites_npz: the official .npz file
+      "data_dir": config_dict.placeholder(str),  # tfds:*: the prepared tensorflow-datasets folder
+      "split": config_dict.placeholder(str),  # tfds:*: e.g. "train" (default: all splits)
+    }
+  )
 
-  # Model section.
+  # ------------------------------------------------------------------ model
   config.model = ml_collections.ConfigDict()
   config.model.encoder = "mlp"  # mlp | conv | conv_k4
   config.model.decoder = "mlp"  # mlp | conv
+  # How the conv nets' convolutions run: "flax" (any backend) or "onednn" (CPU, opt-in:
+  # pip install -e ".[cpu-conv]"; disentangle_jax/cpu_conv).
+  config.model.conv_impl = "flax"
   config.model.latent_dim = 10
-  config.model.categorical_sizes = ()  # JointVAE's discrete latents, e.g. (3,)
+  config.model.categorical_sizes = ()  # discrete latents (JointVAE), e.g. (3,)
+  config.model.temperature = 0.67  # Gumbel-softmax relaxation of the discrete latents
   config.likelihood = "bernoulli"  # bernoulli | gaussian (unit variance)
 
-  # Prior section: the standard normal, or an Lp-nested (ISA) prior [p0, [(p1, n1), ...]].
+  # ------------------------------------------------------------------ prior
+  # The standard normal, or an Lp-nested (ISA) prior [p0, [(p1, n1), ...]].
   config.prior = ml_collections.ConfigDict()
   config.prior.name = "normal"
   # A Python literal, e.g. "[2.0, [(2.1, 6), (2.1, 6), (2.1, 6)]]" (see isa_layout_string).
@@ -76,39 +110,47 @@ def base_config() -> ml_collections.ConfigDict:
   config.prior.learn_exponents = False
   config.prior.learning_rate = 5e-4
 
-  # Objective section: every hyperparameter of every objective, so overrides are checked.
+  # ------------------------------------------------------------------ objective
+  # The run uses config.objective[config.objective.name]; each section holds its paper defaults.
   config.objective = ml_collections.ConfigDict()
   config.objective.name = "beta_vae"
-  config.objective.beta = 1.0  # beta-VAE's KL weight; beta-TCVAE's TC weight
-  config.objective.alpha = 1.0  # beta-TCVAE: MI weight
-  config.objective.gamma = 1.0  # beta-TCVAE: DWKL weight; annealed VAE / FactorVAE: see below
-  config.objective.estimator = "mss"  # beta-TCVAE: mss | mws
-  config.objective.capacity_gamma = 1000.0  # annealed VAE
-  config.objective.capacity_max = 25.0
-  config.objective.capacity_steps = 100_000
-  config.objective.factor_gamma = 35.0  # FactorVAE
-  config.objective.dip_kind = "i"  # DIP-VAE: i | ii
-  config.objective.lambda_od = 10.0
-  config.objective.lambda_d = ml_collections.FieldReference(None, field_type=float)
-  config.objective.temperature = 0.67  # JointVAE
-  config.objective.continuous_capacity_max = 40.0
-  config.objective.discrete_capacity_max = 1.1
-  config.objective.joint_capacity_steps = 300_000
-  config.objective.joint_gamma = 150.0
+  config.objective.beta_vae = ml_collections.ConfigDict({"beta": 1.0})
+  config.objective.annealed_vae = ml_collections.ConfigDict(
+    {"gamma": 1000.0, "capacity_max": 25.0, "capacity_steps": 100_000}
+  )
+  config.objective.beta_tcvae = ml_collections.ConfigDict(
+    {"alpha": 1.0, "beta": 6.0, "gamma": 1.0, "estimator": "mss"}  # estimator: mss | mws
+  )
+  config.objective.factor_vae = ml_collections.ConfigDict(
+    {
+      "gamma": 35.0,
+      "discriminator": {"learning_rate": 1e-4, "b1": 0.5, "b2": 0.9},
+    }
+  )
+  config.objective.dip_vae = ml_collections.ConfigDict(
+    # kind: i | ii; lambda_d unset: 10 * lambda_od (type i) or lambda_od (type ii).
+    {"kind": "i", "lambda_od": 10.0, "lambda_d": config_dict.placeholder(float)}
+  )
+  config.objective.joint_vae = ml_collections.ConfigDict(
+    {
+      "gamma": 150.0,
+      "continuous_capacity_max": 40.0,
+      "discrete_capacity_max": 1.1,
+      "capacity_steps": 300_000,
+    }
+  )
 
-  # Optimizer section.
+  # ------------------------------------------------------------------ optimizer
   config.batch_size = 2048
   config.num_steps = 18_000  # about 50 epochs of dSprites at batch 2048
   config.learning_rate = 1e-3
-  config.discriminator = ml_collections.ConfigDict()  # FactorVAE's discriminator
-  config.discriminator.learning_rate = 1e-4
-  config.discriminator.b1 = 0.5
-  config.discriminator.b2 = 0.9
 
-  # Logging, checkpoints and evaluation.
+  # ------------------------------------------------------------------ logging, checkpoints
   config.log_every = 100
   config.checkpoint_every = 1000
   config.keep_checkpoints = 2
+
+  # ------------------------------------------------------------------ evaluation
   config.eval = ml_collections.ConfigDict()
   config.eval.num_examples = 10_000
   config.eval.batch_size = 1000
@@ -126,6 +168,150 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def objective_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The settings section of the configured objective, `config.objective[name]`."""
+  return config.objective[config.objective.name]
+
+
+def objective_hparams(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The objective's hyperparameters: the float settings of its section that are set.
+
+  These enter the train step as float32 arrays (`TrainState.hparams`), so models that differ
+  only in them share one compiled program. Nested sections (FactorVAE's discriminator optimizer)
+  and non-float settings (estimator names, schedule lengths) stay static.
+  """
+  section = objective_settings(config)
+  return {k: float(v) for k, v in section.items() if isinstance(v, float)}
+
+
+def dataset_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The dataset options that are set (`config.dataset_kwargs` without the unset ones)."""
+  return {k: v for k, v in config.dataset_kwargs.items() if v is not None}
+
+
+def parse_layout(layout: str) -> Any:
+  """config.prior.layout (a Python literal) as the spec `LpNested.from_spec` takes.
+
+  Raises:
+    ConfigError: for an empty layout or one that is not a Python literal.
+  """
+  if not layout:
+    raise ConfigError(
+      "prior.layout is empty but prior.name is 'lp_nested': give a tree such as "
+      '--config.prior.layout="[2.0, [(2.1, 5), (2.1, 5)]]".'
+    )
+  try:
+    return ast.literal_eval(layout)
+  except (ValueError, SyntaxError) as error:
+    raise ConfigError(f"prior.layout {layout!r} is not a Python literal: {error}") from None
+
+
+def _positive_int(problems, config, key):
+  value = _get(config, key)
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    problems.append(f"{key} must be an int >= 1; got {value!r}.")
+
+
+def _number(problems, config, key, *, low=None, high=None, low_open=False, high_open=False):
+  value = _get(config, key)
+  if value is None:
+    return
+  if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    problems.append(f"{key} must be a finite number; got {value!r}.")
+    return
+  if low is not None and (value < low or (low_open and value == low)):
+    problems.append(f"{key} must be {'>' if low_open else '>='} {low}; got {value!r}.")
+  if high is not None and (value > high or (high_open and value == high)):
+    problems.append(f"{key} must be {'<' if high_open else '<='} {high}; got {value!r}.")
+
+
+def _choice(problems, config, key, valid):
+  value = _get(config, key)
+  if value not in valid:
+    problems.append(f"Unknown {key} {value!r}; valid: {', '.join(valid)}.")
+
+
+def _get(config, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every value of a run's config before anything is built, compiled or written.
+
+  Returns:
+    The config, unchanged.
+
+  Raises:
+    ConfigError: listing every problem found, one per line, each naming its key.
+  """
+  problems: list[str] = []
+  for key in ("num_seeds", "batch_size", "num_steps", "log_every", "checkpoint_every"):
+    _positive_int(problems, config, key)
+  for key in ("keep_checkpoints", "model.latent_dim", "eval.num_examples", "eval.batch_size"):
+    _positive_int(problems, config, key)
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
+    problems.append(f"seed must be an int >= 0; got {config.seed!r}.")
+  _number(problems, config, "learning_rate", low=0, low_open=True)
+  _choice(problems, config, "model.encoder", ENCODERS)
+  _choice(problems, config, "model.decoder", DECODERS)
+  _choice(problems, config, "model.conv_impl", CONV_IMPLS)
+  _number(problems, config, "model.temperature", low=0, low_open=True)
+  sizes = tuple(config.model.categorical_sizes)
+  if any(isinstance(k, bool) or not isinstance(k, int) or k < 2 for k in sizes):
+    problems.append(f"model.categorical_sizes must be ints >= 2; got {sizes!r}.")
+  _choice(problems, config, "likelihood", LIKELIHOODS)
+
+  _choice(problems, config, "prior.name", PRIORS)
+  _number(problems, config, "prior.scale", low=0, low_open=True)
+  _number(problems, config, "prior.learning_rate", low=0, low_open=True)
+  if config.prior.name == "lp_nested":
+    _check_layout(problems, config)
+
+  _choice(problems, config, "objective.name", OBJECTIVES)
+  name = config.objective.name
+  if name in OBJECTIVES:
+    section = f"objective.{name}"
+    for key, value in objective_settings(config).items():
+      if isinstance(value, float) or (key == "lambda_d" and value is not None):
+        _number(problems, config, f"{section}.{key}", low=0)
+    if name in ("annealed_vae", "joint_vae"):
+      _positive_int(problems, config, f"{section}.capacity_steps")
+    if name == "beta_tcvae":
+      _choice(problems, config, f"{section}.estimator", ("mss", "mws"))
+    if name == "dip_vae":
+      _choice(problems, config, f"{section}.kind", ("i", "ii"))
+    if name == "factor_vae":
+      _number(problems, config, f"{section}.discriminator.learning_rate", low=0, low_open=True)
+      for b in ("b1", "b2"):
+        _number(problems, config, f"{section}.discriminator.{b}", low=0, high=1, high_open=True)
+    if name == "joint_vae" and not sizes:
+      problems.append("objective 'joint_vae' needs model.categorical_sizes, e.g. (3,).")
+
+  try:
+    parse_metric_names(config.eval.metrics)
+  except ValueError as error:
+    problems.append(f"eval.metrics: {error}")
+  for metric in ("mig_chen", "mig_dlib", "beta_vae", "factor_vae", "dci", "sap", "modularity"):
+    for key in config.eval[metric]:
+      _positive_int(problems, config, f"eval.{metric}.{key}")
+  if problems:
+    raise ConfigError("\n".join(problems))
+  return config
+
+
+def _check_layout(problems: list[str], config) -> None:
+  from disentangle_jax.distributions import lp_nested  # the prior's own checks
+
+  try:
+    spec = parse_layout(config.prior.layout)
+    lp_nested.LpNested.from_spec(spec, event_size=config.model.latent_dim)
+  except ValueError as error:
+    problems.append(f"prior.layout: {error}")
+
+
 def load_saved_config(path) -> ml_collections.ConfigDict:
   """The config a run saved as JSON (workdir/config.json), on top of today's defaults.
 
@@ -134,10 +320,8 @@ def load_saved_config(path) -> ml_collections.ConfigDict:
 
   Raises:
     FileNotFoundError: naming the file, when it does not exist.
+    ValueError: for a key today's config does not have.
   """
-  import json
-  import pathlib
-
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(
@@ -150,10 +334,7 @@ def load_saved_config(path) -> ml_collections.ConfigDict:
       if key not in node:
         raise ValueError(f"{path}: unknown config key {prefix}{key}.")
       if isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
-        if key == "dataset_kwargs":  # free-form: replaced whole
-          node[key] = ml_collections.ConfigDict(value)
-        else:
-          merge(node[key], value, f"{prefix}{key}.")
+        merge(node[key], value, f"{prefix}{key}.")
       elif isinstance(node[key], tuple) and isinstance(value, list):
         node[key] = tuple(value)
       else:
@@ -161,28 +342,6 @@ def load_saved_config(path) -> ml_collections.ConfigDict:
 
   merge(config, json.loads(path.read_text()), "")
   return config.lock()
-
-
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks the choices made by name (experiment configs lock themselves against new keys)."""
-  for value, valid, what in (
-    (config.objective.name, OBJECTIVES, "objective.name"),
-    (config.prior.name, PRIORS, "prior.name"),
-    (config.likelihood, LIKELIHOODS, "likelihood"),
-  ):
-    if value not in valid:
-      raise ValueError(f"Unknown {what} {value!r}; valid: {', '.join(valid)}.")
-  if isinstance(config.num_seeds, bool) or not isinstance(config.num_seeds, int):
-    raise ValueError(f"num_seeds must be an int >= 1; got {config.num_seeds!r}.")
-  if config.num_seeds < 1 or config.seed < 0:
-    raise ValueError(
-      f"num_seeds must be >= 1 and seed >= 0; got num_seeds {config.num_seeds}, seed {config.seed}."
-    )
-  try:
-    parse_metric_names(config.eval.metrics)
-  except ValueError as error:
-    raise ValueError(f"eval.metrics: {error}") from None
-  return config
 
 
 def use_isa_prior(
@@ -224,14 +383,14 @@ def apply_presets(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
     config.learning_rate = max(config.learning_rate, 5e-4)
     config.log_every, config.checkpoint_every = 100, 500
     config.eval.num_examples = 5000
-    # The report's slow parts shrink 5x: DCI's gradient-boosted trees, the ~10^6 images that
-    # BetaVAE and FactorVAE encode, and the z samples of Chen et al.'s MIG (its mixtures still
-    # hold every posterior of the dataset).
+    # The report's slow parts shrink 5x: DCI's trees, the ~10^6 images that BetaVAE and
+    # FactorVAE encode, and the z samples of Chen et al.'s MIG (its mixtures still hold every
+    # posterior of the dataset).
     config.eval.mig_chen.num_samples = 2000
     config.eval.dci.num_train, config.eval.dci.num_test = 2000, 1000
     config.eval.beta_vae.num_train, config.eval.beta_vae.num_eval = 2000, 1000
     config.eval.factor_vae.num_train, config.eval.factor_vae.num_eval = 2000, 1000
     # Schedules shrink with the run, so capacities are reached within it.
-    config.objective.capacity_steps = 3000
-    config.objective.joint_capacity_steps = 3000
+    config.objective.annealed_vae.capacity_steps = 3000
+    config.objective.joint_vae.capacity_steps = 3000
   return config.lock()

@@ -1,19 +1,33 @@
-"""End-of-run evaluation: reconstruction log-likelihood, KL, ELBO decomposition, active units."""
+"""Evaluation of a trained model: eval.json (reconstruction, KL, ELBO decomposition) and report/.
+
+evaluate(config, networks, params, dataset)        -> the numbers of eval.json
+evaluate_run(config, networks, state, dataset, workdir)   after training (one or K seeds)
+evaluate_checkpoint(workdir, config, step=...)      any saved checkpoint, later
+"""
 
 from __future__ import annotations
 
-import functools
+import json
+import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
+from disentangle_jax import data
 from disentangle_jax import distributions as dist
 from disentangle_jax import objectives as obj
 from disentangle_jax.data.ground_truth import GroundTruthData
+from disentangle_jax.training import config as config_lib
+from disentangle_jax.training.checkpoint import Checkpointer
+from disentangle_jax.training.loop import CONFIG_FILE, NonFiniteError, run_seeds
 from disentangle_jax.training.losses import encode_decode, log_likelihood, prior_log_prob
-from disentangle_jax.training.model import Networks
+from disentangle_jax.training.model import Networks, prior_exponents
+from disentangle_jax.training.report import write_report
+from disentangle_jax.training.train_step import build_trainer, unstack
 
 
 def evaluate(
@@ -25,20 +39,24 @@ def evaluate(
   image (the ISA-VAE paper's reconstruction measure), "kl" to the prior, "elbo", the
   whole-sample ELBO decomposition "mi", "tc", "dwkl" (their sum is the KL), and
   "active_units", the number of latents with Var_x[E[z|x]] > 0.01.
+
+  Raises:
+    NonFiniteError: a score is NaN or infinite (the model overflows on these images).
   """
   rng = np.random.default_rng(config.seed + 1)
   num = min(config.eval.num_examples, dataset.num_examples)
   indices = np.sort(rng.choice(dataset.num_examples, size=num, replace=False))
 
-  @functools.partial(jax.jit)
+  @jax.jit
   def score(x, key):
-    posterior, z, logits_x = encode_decode(networks, params, x, key, config.objective.temperature)
-    ll = log_likelihood(config, logits_x, x)
-    if networks.prior_tree is None:
+    posterior, z, logits_x = encode_decode(networks, params, x, key, config.model.temperature)
+    ll = log_likelihood(config.likelihood, logits_x, x)
+    if networks.prior is None:
       kl = dist.gaussian_kl(posterior.mean, posterior.log_var)
     else:
-      log_p = prior_log_prob(networks, params, z, config.prior.scale)
-      kl = obj.monte_carlo_kl(z, posterior.mean, posterior.log_var, log_p)
+      kl = obj.monte_carlo_kl(
+        z, posterior.mean, posterior.log_var, prior_log_prob(networks, params, z)
+      )
     return ll, kl, posterior.mean, posterior.log_var
 
   outputs = []
@@ -50,11 +68,8 @@ def evaluate(
   ll, kl, mean, log_var = (jnp.concatenate(parts) for parts in zip(*outputs, strict=True))
 
   log_prior_fn = None
-  if networks.prior_tree is not None:
-    exponents = dist.exponents_from_unconstrained(params["prior"]["raw_exponents"])
-    log_prior_fn = lambda z: dist.lp_nested_log_prob(
-      z, networks.prior_tree, exponents, config.prior.scale
-    )
+  if networks.prior is not None:
+    log_prior_fn = lambda z: prior_log_prob(networks, params, z)  # noqa: E731
   decomposition = obj.dataset_elbo_decomposition(
     jax.random.key(config.seed + 3),
     mean,
@@ -72,6 +87,112 @@ def evaluate(
     "dwkl": float(decomposition["dwkl"]),
     "active_units": int(jnp.sum(jnp.var(mean, axis=0) > 0.01)),
   }
-  if networks.prior_tree is not None:
-    results["prior_exponents"] = [float(e) for e in exponents]
+  if networks.prior is not None:
+    results["prior_exponents"] = [float(e) for e in prior_exponents(params)]
+  bad = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
+  if bad:
+    raise NonFiniteError(
+      f"Evaluation gave non-finite {', '.join(bad)} ({', '.join(str(results[k]) for k in bad)}) "
+      f"on {num} examples: the parameters are finite but the model overflows on these images; "
+      "eval.json was not written."
+    )
   return results
+
+
+def evaluate_and_report(
+  config, networks, params, step: int, dataset, workdir: pathlib.Path, out_dir: pathlib.Path
+) -> dict:
+  """eval.json and (with eval.report) report/ of one model in out_dir."""
+  results = evaluate(config, networks, params, dataset)
+  results["step"] = int(step)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
+  logging.info("evaluation: %s", json.dumps(results))
+  if config.eval.report:
+    summary = write_report(
+      config, networks, params, dataset, workdir, evaluation=results, out_dir=out_dir / "report"
+    )
+    results["scores"] = summary["scores"]
+  return results
+
+
+def evaluate_run(
+  config: ml_collections.ConfigDict,
+  networks: Networks,
+  state,
+  dataset: GroundTruthData,
+  workdir: pathlib.Path,
+  out_dir: pathlib.Path | None = None,
+) -> dict:
+  """`evaluate_and_report` of a run's state: one model, or each seed of a multi-seed run.
+
+  Returns:
+    The results (also in out_dir/eval.json, out_dir defaulting to the workdir); for K > 1 seeds
+    {"seed_<seed>": results}, each also in out_dir/seed_<seed>/.
+  """
+  out_dir = workdir if out_dir is None else out_dir
+  seeds = run_seeds(config)
+  if len(seeds) == 1:
+    return evaluate_and_report(
+      config, networks, state.params, int(state.step), dataset, workdir, out_dir
+    )
+  results = {}
+  for k, seed in enumerate(seeds):
+    seed_config = config.copy_and_resolve_references()
+    with seed_config.unlocked():
+      seed_config.seed, seed_config.num_seeds = seed, 1
+    seed_state = unstack(state, k)
+    results[f"seed_{seed}"] = evaluate_and_report(
+      seed_config,
+      networks,
+      seed_state.params,
+      int(seed_state.step),
+      dataset,
+      workdir / f"seed_{seed}",
+      out_dir / f"seed_{seed}",
+    )
+  (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
+  return results
+
+
+def evaluate_checkpoint(
+  workdir: str, config: ml_collections.ConfigDict | None = None, *, step: int | None = None
+) -> dict:
+  """Evaluates a saved run: eval.json and the report (metrics, pictures) of one checkpoint.
+
+  The latest checkpoint's go to the workdir (`eval.json`, `report/`), replacing the training
+  run's; an earlier step's go to `workdir/step_<step>/`, so the final report is kept. A
+  multi-seed run is evaluated seed by seed, into `seed_<seed>/` below those folders.
+
+  Args:
+    workdir: the run's folder (checkpoints/ and config.json).
+    config: the run's config; by default the one it saved (`workdir/config.json`), whose
+      evaluation settings can be changed here (e.g. `config.eval.metrics`).
+    step: the checkpoint; by default the latest.
+
+  Returns:
+    The evaluation results with the headline scores under "scores" ({"seed_<seed>": results}
+    for a multi-seed run).
+  """
+  workdir = pathlib.Path(workdir)
+  config = config_lib.validate(config or config_lib.load_saved_config(workdir / CONFIG_FILE))
+  checkpointer = Checkpointer(workdir)
+  latest = checkpointer.latest_step()
+  step = latest if step is None else step
+  if step is None:
+    checkpointer.close()
+    raise FileNotFoundError(
+      f"No checkpoint in {checkpointer.directory}: train first "
+      f"(python experiments/main.py --config=... --workdir={workdir})."
+    )
+  dataset = data.get_dataset(config.dataset, **config_lib.dataset_kwargs(config))
+  trainer = build_trainer(config, dataset.observation_shape, dataset.num_examples)
+  seeds = run_seeds(config)
+  like = trainer.init_state(seeds[0]) if len(seeds) == 1 else trainer.init_states(seeds)
+  try:
+    state = checkpointer.restore(step, like)
+  finally:
+    checkpointer.close()
+  logging.info("evaluating the checkpoint of step %d in %s", step, checkpointer.directory)
+  out_dir = workdir if step == latest else workdir / f"step_{step}"
+  return evaluate_run(config, trainer.networks, state, dataset, workdir, out_dir)

@@ -1,9 +1,16 @@
-"""train_and_evaluate(config, workdir): the whole training run, top to bottom."""
+"""train_and_evaluate(config, workdir): the whole training run, top to bottom.
+
+A run refuses bad config values and a workdir holding another run before it writes anything,
+resumes from the workdir's last checkpoint, and on SIGINT / SIGTERM saves a checkpoint of the
+step it reached, closes its files and stops with one line (the same command resumes it).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
+import signal
 import time
 
 import jax
@@ -13,29 +20,88 @@ from absl import logging
 
 from disentangle_jax import data
 from disentangle_jax.training import config as config_lib
-from disentangle_jax.training import model as model_lib
 from disentangle_jax.training import multi_seed
-from disentangle_jax.training.checkpoint import Checkpointer
-from disentangle_jax.training.evaluate import evaluate
-from disentangle_jax.training.losses import make_loss_fn
+from disentangle_jax.training.checkpoint import Checkpointer, saved_steps
 from disentangle_jax.training.metrics_writer import MetricsWriter
-from disentangle_jax.training.report import write_report
 from disentangle_jax.training.train_step import (
-  create_train_state,
+  build_trainer,
   jit_train_step,
-  make_train_step,
   state_is_finite,
+  step_rng,
 )
+
+CONFIG_FILE = "config.json"
+# The metrics of a logging window cut short by SIGINT / SIGTERM, kept so that the resumed run
+# logs the same rows as an uninterrupted one.
+PENDING_FILE = "interrupted_window.json"
 
 
 class NonFiniteError(FloatingPointError):
   """Training produced a NaN or inf; the message names the steps and the last good checkpoint."""
 
 
-def _format_duration(seconds: float) -> str:
-  minutes, seconds = divmod(int(seconds), 60)
-  hours, minutes = divmod(minutes, 60)
-  return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+class WorkdirError(ValueError):
+  """The workdir holds another run (a different config), or a checkpoint past num_steps."""
+
+
+class Interrupted(Exception):
+  """SIGINT or SIGTERM stopped the run after saving a checkpoint; `signum` says which."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
+def run_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The seeds a run trains: config.seed, config.seed + 1, ..., config.seed + num_seeds - 1."""
+  return tuple(range(config.seed, config.seed + config.num_seeds))
+
+
+def config_differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
+  """The dotted keys whose values differ between two configs as dicts (JSON round trip)."""
+  keys = []
+  for key in sorted(set(saved) | set(new)):
+    a, b = saved.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      keys += config_differences(a, b, f"{prefix}{key}.")
+    elif a != b:
+      keys.append(f"{prefix}{key} ({a!r} -> {b!r})")
+  return keys
+
+
+def _config_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def accept_workdir(
+  config: ml_collections.ConfigDict, workdir: pathlib.Path, allow_config_change: bool
+) -> int | None:
+  """Checks, without writing anything, that `config` may run in `workdir`.
+
+  Returns:
+    The latest checkpoint's step, or None for a fresh run.
+
+  Raises:
+    WorkdirError: the workdir's config.json differs from `config` (unless
+      `allow_config_change`), or its checkpoint is past `config.num_steps`.
+  """
+  saved_file = workdir / CONFIG_FILE
+  if saved_file.exists() and not allow_config_change:
+    differences = config_differences(json.loads(saved_file.read_text()), _config_dict(config))
+    if differences:
+      raise WorkdirError(
+        f"{workdir} holds a run with another config; differing keys: {'; '.join(differences)}. "
+        "Use a new --workdir, or pass --allow_config_change to continue this run with the new "
+        "values."
+      )
+  steps = saved_steps(workdir)
+  latest = steps[-1] if steps else None
+  if latest is not None and latest > config.num_steps:
+    raise WorkdirError(
+      f"num_steps {config.num_steps} is below the step of the checkpoint in {workdir} "
+      f"({latest}): ask for num_steps >= {latest}, or use a new --workdir."
+    )
+  return latest
 
 
 def _raise_if_not_finite(
@@ -77,61 +143,102 @@ def _raise_if_not_finite(
   )
 
 
-def run_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-  """The seeds a run trains: config.seed, config.seed + 1, ..., config.seed + num_seeds - 1."""
-  return tuple(range(config.seed, config.seed + config.num_seeds))
+def _format_duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains the configured model, checkpointing and resuming, then evaluates it.
+@contextlib.contextmanager
+def _stop_requests():
+  """Turns SIGINT / SIGTERM into a request the loop honours after the current step.
 
-  With `config.num_seeds` = K > 1, K models (seeds `run_seeds(config)`) are trained by one
-  vmapped step (`training.multi_seed`) on the batches of `config.seed`; each seed's metrics,
-  eval.json and report go to `workdir/seed_<seed>/`.
+  Yields a one-element list holding the signal number once one arrived. A second signal of
+  the same kind is not caught: it stops the process at once (losing the steps since the last
+  checkpoint).
+  """
+  requested: list[int] = []
+  previous = {}
+
+  def handler(signum, frame):
+    del frame
+    requested.append(signum)
+    signal.signal(signum, previous[signum])  # the next one is not caught
+
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    previous[signum] = signal.signal(signum, handler)
+  try:
+    yield requested
+  finally:
+    for signum, old in previous.items():
+      signal.signal(signum, old)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False):
+  """Trains the configured model in `workdir`, checkpointing and resuming.
 
   Returns:
-    The evaluation results, also written to `workdir/eval.json`; with K > 1 seeds, a dict
-    {"seed_<seed>": results} (each also in `workdir/seed_<seed>/eval.json`).
+    (trainer, final state, dataset).
+
+  Raises:
+    config.ConfigError, WorkdirError: before anything is written.
+    NonFiniteError: a NaN or inf; no checkpoint holds non-finite values.
+    Interrupted: SIGINT / SIGTERM, after a checkpoint of the step reached.
   """
+  # ---------------------------------------------------------------- checks (nothing written)
   config_lib.validate(config)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   seeds = run_seeds(config)
-
-  # ---------------------------------------------------------------- data & mesh
-  dataset = data.get_dataset(config.dataset, **config.dataset_kwargs)
+  dataset = data.get_dataset(config.dataset, **config_lib.dataset_kwargs(config))
   mesh = data.make_data_mesh()
+  if config.batch_size > dataset.num_examples or config.batch_size % mesh.size:
+    raise config_lib.ConfigError(
+      f"batch_size {config.batch_size} must be at most the dataset's {dataset.num_examples} "
+      f"examples and a multiple of the {mesh.size} device(s)."
+    )
+  trainer = build_trainer(config, dataset.observation_shape, dataset.num_examples)
+  resume_step = accept_workdir(config, workdir, allow_config_change)
+
+  # ---------------------------------------------------------------- state and step
+  if len(seeds) == 1:
+    state = trainer.init_state(config.seed)
+    train_step = jit_train_step(trainer.train_step, mesh, state)
+    rng = step_rng(config.seed)
+    state_check = jax.jit(state_is_finite)
+  else:
+    state = trainer.init_states(seeds)
+    step = multi_seed.make_multi_seed_train_step(trainer.train_step)
+    train_step = multi_seed.jit_multi_seed_train_step(step, mesh, state)
+    rng = multi_seed.step_rngs(seeds)
+    state_check = jax.jit(jax.vmap(state_is_finite))
+
+  # ---------------------------------------------------------------- checkpoint, workdir
+  if resume_step is not None:  # restored before anything is written: a mismatch changes nothing
+    checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+    state = checkpointer.restore(resume_step, state)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+  if resume_step is None:
+    checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   logging.info(
-    "dataset %s: %d examples; %d device(s)",
+    "dataset %s: %d examples; %d device(s); %s",
     config.dataset,
     dataset.num_examples,
-    jax.device_count(),
+    mesh.size,
+    f"resumed from the checkpoint of step {resume_step}" if resume_step else "new run",
   )
+  start_step = resume_step or 0
+  last_good = resume_step
 
-  # ---------------------------------------------------------------- model, optimizer, step
-  networks = model_lib.build_networks(config, dataset.observation_shape)
-  loss_fn = make_loss_fn(config, networks, dataset.num_examples)
-  state, train_step, step_rng = _init_training(config, networks, loss_fn, seeds, mesh, dataset)
-  # Parameters and optimizer states all finite: per seed, checked once per logging window.
-  state_check = jax.jit(jax.vmap(state_is_finite) if len(seeds) > 1 else state_is_finite)
-
-  # ---------------------------------------------------------------- checkpoint
-  checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore_latest(state)
-    logging.info("resumed from the checkpoint of step %d", int(np.max(state.step)))
-  start_step = int(np.max(state.step))
-  last_good = checkpointer.latest_step()
+  # ---------------------------------------------------------------- metrics files
+  out_dirs = [workdir] if len(seeds) == 1 else [workdir / f"seed_{s}" for s in seeds]
+  for out_dir in out_dirs:
+    out_dir.mkdir(exist_ok=True)
+  writers = [MetricsWriter(d, resume_step) for d in out_dirs]
+  pending = _load_pending(workdir, start_step)  # host metrics of a window cut short
+  window_start = start_step - len(pending)
 
   # ---------------------------------------------------------------- train loop
-  if len(seeds) == 1:
-    writers = [MetricsWriter(workdir)]
-  else:
-    for seed in seeds:
-      (workdir / f"seed_{seed}").mkdir(exist_ok=True)
-    writers = [MetricsWriter(workdir / f"seed_{seed}") for seed in seeds]
-  pending, window_start, window_time = [], start_step, time.perf_counter()
   batches = data.ShardedBatchIterator(
     dataset,
     batch_size=config.batch_size,
@@ -140,172 +247,103 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_step=start_step,
     num_steps=config.num_steps - start_step,
   )
-  with batches:
-    for step, batch in zip(range(start_step + 1, config.num_steps + 1), batches, strict=False):
-      state, metrics = train_step(state, batch, step_rng)
-      pending.append(metrics)  # device arrays: no host sync until the window closes
-      if step % config.log_every and step % config.checkpoint_every and step != config.num_steps:
-        continue
-      # Close the window: one host sync, then the NaN guard, logging and checkpointing.
-      window, state_finite = jax.device_get((pending, state_check(state)))
-      _raise_if_not_finite(
-        np.array([np.reshape(m["finite"], -1) for m in window]),
-        np.reshape(state_finite, -1),
-        window_start,
-        seeds,
-        f"the checkpoint of step {last_good} in {checkpointer.directory}"
-        if last_good is not None
-        else "none (no checkpoint was saved yet)",
-      )
-      # Per metric: [K] means over the window (one per seed; K = 1 for a single run).
-      means = {
-        k: np.reshape(np.mean([m[k] for m in window], axis=0), -1)
-        for k in window[0]
-        if k != "finite"
-      }
-      elapsed = time.perf_counter() - window_time
-      rate = len(window) / elapsed
-      for i, writer in enumerate(writers):
-        writer.write(step, {k: float(v[i]) for k, v in means.items()} | {"steps_per_second": rate})
-      terms = " ".join(f"{k} {np.mean(v):.4g}" for k, v in means.items())
-      logging.info(
-        "step %d/%d | %.2f steps/s | ETA %s | %s%s",
-        step,
-        config.num_steps,
-        rate,
-        _format_duration((config.num_steps - step) / rate),
-        terms,
-        f" (means over {len(seeds)} seeds)" if len(seeds) > 1 else "",
-      )
-      pending, window_start, window_time = [], step, time.perf_counter()
-      if step % config.checkpoint_every == 0 or step == config.num_steps:
-        checkpointer.save(step, state)
-        last_good = step
-  checkpointer.close()
-  for writer in writers:
-    writer.close()
-
-  # ---------------------------------------------------------------- evaluation
-  return _evaluate_seeds(config, networks, state, dataset, workdir)
+  step, window_time, timed_steps = start_step, time.perf_counter(), 0
+  try:
+    with batches, _stop_requests() as stop:
+      for step, batch in zip(range(start_step + 1, config.num_steps + 1), batches, strict=False):
+        state, metrics = train_step(state, batch, rng)
+        pending.append(metrics)  # device arrays: no host sync until the window closes
+        timed_steps += 1
+        end_of_window = step % config.log_every == 0 or step == config.num_steps
+        if not (end_of_window or step % config.checkpoint_every == 0 or stop):
+          continue
+        # One host sync, then the NaN guard: no checkpoint ever holds a non-finite value.
+        pending, state_finite = jax.device_get((pending, state_check(state)))
+        _raise_if_not_finite(
+          np.array([np.reshape(m["finite"], -1) for m in pending]),
+          np.reshape(state_finite, -1),
+          window_start,
+          seeds,
+          f"the checkpoint of step {last_good} in {checkpointer.directory}"
+          if last_good is not None
+          else "none (no checkpoint was saved yet)",
+        )
+        if end_of_window or step % config.checkpoint_every == 0:
+          rate = timed_steps / (time.perf_counter() - window_time)
+          _log_window(config, writers, pending, step, rate, len(seeds))
+          pending, window_start, window_time, timed_steps = [], step, time.perf_counter(), 0
+        if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
+          # (a stop request at the last step just finishes the run)
+          checkpointer.save(step, state)
+          last_good = step
+        if stop and step < config.num_steps:
+          checkpointer.wait()
+          _save_pending(workdir, step, pending)
+          name = signal.Signals(stop[0]).name
+          raise Interrupted(
+            f"{name} at step {step}/{config.num_steps}: checkpoint of step {step} saved in "
+            f"{checkpointer.directory}; run the same command to resume.",
+            stop[0],
+          )
+  finally:
+    checkpointer.close()
+    for writer in writers:
+      writer.close()
+  (workdir / PENDING_FILE).unlink(missing_ok=True)
+  return trainer, state, dataset
 
 
-def _init_training(config, networks, loss_fn, seeds, mesh, dataset):
-  """(initial state, jitted step, step rng): one model, or len(seeds) stacked ones."""
-  shape = dataset.observation_shape
-  if len(seeds) > 1:
-    state, tx, disc_tx = multi_seed.init_states(config, networks, seeds, shape)
-    step = multi_seed.make_multi_seed_train_step(
-      make_train_step(loss_fn, tx, disc_tx, networks.discriminator)
-    )
-    return (
-      state,
-      multi_seed.jit_multi_seed_train_step(step, mesh, state),
-      multi_seed.step_rngs(seeds),
-    )
-  init_key = jax.random.key(config.seed)
-  params, disc_params = model_lib.init_params(config, networks, init_key, shape)
-  tx = model_lib.make_optimizer(config, params)
-  disc_tx = model_lib.make_discriminator_optimizer(config)
-  state = create_train_state(params, disc_params, tx, disc_tx)
-  train_step = jit_train_step(
-    make_train_step(loss_fn, tx, disc_tx, networks.discriminator), mesh, state
+def _log_window(config, writers, window, step, rate, num_seeds) -> None:
+  """One metrics row per seed (means over the window) and the progress line."""
+  means = {
+    k: np.reshape(np.mean([m[k] for m in window], axis=0), -1) for k in window[0] if k != "finite"
+  }
+  for i, writer in enumerate(writers):
+    writer.write(step, {k: float(v[i]) for k, v in means.items()} | {"steps_per_second": rate})
+  terms = " ".join(f"{k} {np.mean(v):.4g}" for k, v in means.items())
+  logging.info(
+    "step %d/%d | %.2f steps/s | ETA %s | %s%s",
+    step,
+    config.num_steps,
+    rate,
+    _format_duration((config.num_steps - step) / rate),
+    terms,
+    f" (means over {num_seeds} seeds)" if num_seeds > 1 else "",
   )
-  return state, train_step, jax.random.fold_in(init_key, 1)
 
 
-def _evaluate_seeds(config, networks, state, dataset, workdir, out_dir=None) -> dict:
-  """`_evaluate_and_report` of one run, or of each seed of a multi-seed run in seed_<seed>/."""
-  seeds = run_seeds(config)
-  if len(seeds) == 1:
-    return _evaluate_and_report(config, networks, state, dataset, workdir, out_dir)
-  out_dir = workdir if out_dir is None else out_dir
-  results = {}
-  for k, seed in enumerate(seeds):
-    seed_config = config.copy_and_resolve_references()
-    with seed_config.unlocked():
-      seed_config.seed, seed_config.num_seeds = seed, 1
-    results[f"seed_{seed}"] = _evaluate_and_report(
-      seed_config,
-      networks,
-      multi_seed.unstack(state, k),
-      dataset,
-      workdir / f"seed_{seed}",
-      out_dir / f"seed_{seed}",
-    )
-  (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
-  return results
+def _save_pending(workdir: pathlib.Path, step: int, window: list) -> None:
+  rows = [{k: np.asarray(v).tolist() for k, v in m.items()} for m in window]
+  path = workdir / PENDING_FILE
+  path.with_suffix(".tmp").write_text(json.dumps({"step": step, "metrics": rows}))
+  path.with_suffix(".tmp").replace(path)
 
 
-def _evaluate_and_report(
-  config, networks, state, dataset, workdir: pathlib.Path, out_dir: pathlib.Path | None = None
+def _load_pending(workdir: pathlib.Path, step: int) -> list:
+  """The metrics of the interrupted window that ended at `step`, if the run stopped there."""
+  path = workdir / PENDING_FILE
+  if not path.exists():
+    return []
+  saved = json.loads(path.read_text())
+  if saved["step"] != step:
+    return []
+  return [{k: np.asarray(v) for k, v in m.items()} for m in saved["metrics"]]
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
 ) -> dict:
-  """eval.json and (with eval.report) report/ in out_dir, by default the workdir itself."""
-  out_dir = workdir if out_dir is None else out_dir
-  out_dir.mkdir(parents=True, exist_ok=True)
-  results = evaluate(config, networks, state.params, dataset)
-  results["step"] = int(state.step)
-  (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
-  logging.info("evaluation: %s", json.dumps(results))
-  if config.eval.report:
-    summary = write_report(
-      config,
-      networks,
-      state.params,
-      dataset,
-      workdir,
-      evaluation=results,
-      out_dir=out_dir / "report",
-    )
-    results["scores"] = summary["scores"]
-  return results
+  """Trains the configured model (`train`), then evaluates it (`evaluate.evaluate_run`).
 
-
-def evaluate_checkpoint(
-  workdir: str, config: ml_collections.ConfigDict | None = None, *, step: int | None = None
-) -> dict:
-  """Evaluates a saved run: eval.json and the report (metrics, pictures) of one checkpoint.
-
-  The latest checkpoint's go to the workdir (`eval.json`, `report/`), replacing the training
-  run's; an earlier step's go to `workdir/step_<step>/`, so the final report is kept. A
-  multi-seed run (`config.num_seeds` > 1) is evaluated seed by seed, into `seed_<seed>/` below
-  those folders.
-
-  Args:
-    workdir: the run's folder (checkpoints/ and config.json).
-    config: the run's config; by default the one it saved (`workdir/config.json`), whose
-      evaluation settings can be changed here (e.g. `config.eval.metrics`).
-    step: the checkpoint; by default the latest.
+  With `config.num_seeds` = K > 1, K models (seeds `run_seeds(config)`) are trained by one
+  vmapped step on the batches of `config.seed`; each seed's metrics, eval.json and report go
+  to `workdir/seed_<seed>/`.
 
   Returns:
-    The evaluation results with the headline scores under "scores" ({"seed_<seed>": results}
-    for a multi-seed run).
+    The evaluation results, also written to `workdir/eval.json`; with K > 1 seeds, a dict
+    {"seed_<seed>": results} (each also in `workdir/seed_<seed>/eval.json`).
   """
-  workdir = pathlib.Path(workdir)
-  config = config_lib.validate(config or config_lib.load_saved_config(workdir / "config.json"))
-  checkpointer = Checkpointer(workdir)
-  latest = checkpointer.latest_step()
-  step = latest if step is None else step
-  if step is None:
-    raise FileNotFoundError(
-      f"No checkpoint in {checkpointer.directory}: train first "
-      f"(python experiments/main.py --config=... --workdir={workdir})."
-    )
-  dataset = data.get_dataset(config.dataset, **config.dataset_kwargs)
-  networks = model_lib.build_networks(config, dataset.observation_shape)
-  if config.num_seeds > 1:
-    like = multi_seed.init_states(config, networks, run_seeds(config), dataset.observation_shape)[0]
-  else:
-    params, disc_params = model_lib.init_params(
-      config, networks, jax.random.key(config.seed), dataset.observation_shape
-    )
-    like = create_train_state(
-      params,
-      disc_params,
-      model_lib.make_optimizer(config, params),
-      model_lib.make_discriminator_optimizer(config),
-    )
-  state = checkpointer.restore(step, like)
-  checkpointer.close()
-  logging.info("evaluating the checkpoint of step %d in %s", step, checkpointer.directory)
-  out_dir = workdir if step == latest else workdir / f"step_{step}"
-  return _evaluate_seeds(config, networks, state, dataset, workdir, out_dir)
+  from disentangle_jax.training import evaluate  # evaluation imports the metrics
+
+  trainer, state, dataset = train(config, workdir, allow_config_change=allow_config_change)
+  return evaluate.evaluate_run(config, trainer.networks, state, dataset, pathlib.Path(workdir))

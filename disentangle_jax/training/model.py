@@ -1,8 +1,7 @@
-"""The pieces a train step needs, built from the config: networks, prior, optimizers."""
+"""A run's model, built once from the config: its Flax modules and its prior."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 from typing import Any
 
@@ -10,73 +9,89 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from disentangle_jax import models
 from disentangle_jax.distributions import lp_nested
+from disentangle_jax.training import config as config_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class Networks:
-  """Static description of a run's model: its Flax modules and the prior's tree structure."""
+  """Static description of a run's model: its Flax modules and its prior.
+
+  Attributes:
+    encoder: images [B, H, W, C] -> `models.EncoderOutput`.
+    decoder: codes [B, code_dim] -> logits [B, H, W, C].
+    discriminator: FactorVAE's discriminator, None for the other objectives.
+    prior: the Lp-nested prior as the config's layout gives it (its exponents are the initial
+      ones; training keeps the current ones in the params), None for the standard normal.
+    latent_dim: K, the number of Gaussian latents.
+    categorical_sizes: the number of categories of each discrete latent (JointVAE).
+    observation_shape: shape of one observation, e.g. (64, 64, 1).
+  """
 
   encoder: nn.Module
   decoder: nn.Module
-  discriminator: nn.Module | None  # FactorVAE only
-  prior_tree: lp_nested.LpNestedTree | None  # None: the standard normal prior
+  discriminator: nn.Module | None
+  prior: lp_nested.LpNested | None
   latent_dim: int
   categorical_sizes: tuple[int, ...]
+  observation_shape: tuple[int, ...]
+
+  @property
+  def prior_tree(self) -> lp_nested.LpNestedTree | None:
+    return None if self.prior is None else self.prior.tree
 
   @property
   def code_dim(self) -> int:
+    """The decoder's input size: K Gaussian latents plus the one-hot of each discrete latent."""
     return self.latent_dim + sum(self.categorical_sizes)
 
 
-def parse_layout(layout: str, latent_dim: int) -> tuple[lp_nested.LpNestedTree, tuple[float, ...]]:
-  """Parses config.prior.layout (a Python literal) and checks it against the latent size."""
-  if not layout:
-    raise ValueError(
-      "prior.name is 'lp_nested' but prior.layout is empty: give a tree such as "
-      '--config.prior.layout="[2.0, [(2.1, 5), (2.1, 5)]]".'
-    )
-  try:
-    spec = ast.literal_eval(layout)
-  except (ValueError, SyntaxError) as error:
-    raise ValueError(f"prior.layout {layout!r} is not a Python literal: {error}") from None
-  prior = lp_nested.LpNested.from_spec(spec, event_size=latent_dim)
-  return prior.tree, tuple(float(e) for e in prior.exponents)
-
-
 def build_networks(config: ml_collections.ConfigDict, observation_shape) -> Networks:
+  """The modules and prior of `config` (the Lp-nested layout is parsed here, once)."""
   latent_dim = config.model.latent_dim
-  categorical_sizes = tuple(config.model.categorical_sizes)
-  if config.objective.name == "joint_vae" and not categorical_sizes:
-    raise ValueError("objective 'joint_vae' needs model.categorical_sizes, e.g. (3,).")
+  categorical_sizes = tuple(int(k) for k in config.model.categorical_sizes)
   encoder = models.make_encoder(
-    config.model.encoder, latent_dim=latent_dim, categorical_sizes=categorical_sizes
+    config.model.encoder,
+    latent_dim=latent_dim,
+    categorical_sizes=categorical_sizes,
+    conv_impl=config.model.conv_impl,
   )
-  decoder = models.make_decoder(config.model.decoder, output_shape=tuple(observation_shape))
+  decoder = models.make_decoder(
+    config.model.decoder, output_shape=tuple(observation_shape), conv_impl=config.model.conv_impl
+  )
   discriminator = models.FactorVAEDiscriminator() if config.objective.name == "factor_vae" else None
-  tree = None
+  prior = None
   if config.prior.name == "lp_nested":
-    tree, _ = parse_layout(config.prior.layout, latent_dim)
-  return Networks(encoder, decoder, discriminator, tree, latent_dim, categorical_sizes)
+    spec = config_lib.parse_layout(config.prior.layout)
+    prior = lp_nested.LpNested.from_spec(spec, scale=config.prior.scale, event_size=latent_dim)
+  return Networks(
+    encoder,
+    decoder,
+    discriminator,
+    prior,
+    latent_dim,
+    categorical_sizes,
+    tuple(int(s) for s in observation_shape),
+  )
 
 
-def init_params(
-  config: ml_collections.ConfigDict, networks: Networks, key: jax.Array, observation_shape
-) -> tuple[dict[str, Any], Any]:
-  """(VAE params, discriminator params or {}) at initialisation."""
+def init_params(networks: Networks, key: jax.Array) -> tuple[dict[str, Any], Any]:
+  """(VAE params, discriminator params or {}) at initialisation.
+
+  The VAE params are {"encoder", "decoder"} and, with an Lp-nested prior, {"prior":
+  {"raw_exponents"}}: the exponents, learned or not, as unconstrained values (p = softplus(raw)).
+  """
   enc_key, dec_key, disc_key = jax.random.split(key, 3)
-  x = jnp.zeros((1, *observation_shape), jnp.float32)
+  x = jnp.zeros((1, *networks.observation_shape), jnp.float32)
   params = {
     "encoder": networks.encoder.init(enc_key, x),
     "decoder": networks.decoder.init(dec_key, jnp.zeros((1, networks.code_dim))),
   }
-  if networks.prior_tree is not None:
-    _, exponents = parse_layout(config.prior.layout, networks.latent_dim)
-    # Learned or not, exponents live in the params as unconstrained values (p = softplus(raw)).
-    params["prior"] = {"raw_exponents": lp_nested.exponents_to_unconstrained(exponents)}
+  if networks.prior is not None:
+    raw = lp_nested.exponents_to_unconstrained(networks.prior.exponents)
+    params["prior"] = {"raw_exponents": jnp.asarray(raw, jnp.float32)}
   disc_params = {}
   if networks.discriminator is not None:
     disc_params = networks.discriminator.init(disc_key, jnp.zeros((1, networks.latent_dim)))
@@ -84,24 +99,5 @@ def init_params(
 
 
 def prior_exponents(params: dict[str, Any]) -> jax.Array:
+  """The Lp-nested prior's current exponents [num_nodes] from the params."""
   return lp_nested.exponents_from_unconstrained(params["prior"]["raw_exponents"])
-
-
-def make_optimizer(config: ml_collections.ConfigDict, params: dict[str, Any]):
-  """Adam for the networks; the prior's exponents get their own Adam, or are frozen."""
-  model_tx = optax.adam(config.learning_rate)
-  if "prior" not in params:
-    return model_tx
-  prior_tx = (
-    optax.adam(config.prior.learning_rate) if config.prior.learn_exponents else optax.set_to_zero()
-  )
-  labels = {name: ("prior" if name == "prior" else "model") for name in params}
-  labels = {
-    name: jax.tree.map(lambda _, label=label: label, params[name]) for name, label in labels.items()
-  }
-  return optax.multi_transform({"model": model_tx, "prior": prior_tx}, labels)
-
-
-def make_discriminator_optimizer(config: ml_collections.ConfigDict):
-  d = config.discriminator
-  return optax.adam(d.learning_rate, b1=d.b1, b2=d.b2)

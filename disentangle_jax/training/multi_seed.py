@@ -1,24 +1,21 @@
-"""Multi-seed training: K models, one per seed, trained by one compiled (vmapped) program.
+"""Multi-seed training: M models, one per seed, trained by one compiled (vmapped) program.
 
-A seed sweep usually runs the same config K times with different `config.seed`. Here the K
-models live in one `TrainState` whose leaves carry a leading axis [K, ...], and one jitted step
-updates all of them: `jax.vmap` of the single-model `train_step` over (state, rng), with the
-batch shared. Each model's initial parameters are bitwise those of a single run with
-`config.seed = seed`, and its per-step PRNG key is the single run's `fold_in(key(seed), 1)`, so
-slice k follows the single run of seed k up to float32 rounding (vmap may change the order of
-reductions).
+The M models live in one `TrainState` whose leaves carry a leading axis [M, ...]
+(`Trainer.init_states(seeds)`), and one jitted step updates all of them: `jax.vmap` of the
+single-model `train_step` over (state, rng), with the batch shared. Each model's initial state is
+bitwise that of a single run with `config.seed = seed`, and its per-step key is the single run's
+`step_rng(seed)`, so slice k follows the single run of seed k up to float32 rounding (vmap may
+change the order of reductions).
 
-Data order: a single run draws its batches in an order that depends on `config.seed`; here all K
-models see the same batches (those of the caller's iterator, normally the first seed's order).
-The seeds vary the initialisation and the sampling noise (reparameterisation samples, FactorVAE's
-permutations), not the data order, which is how vmapped sweeps usually work.
+Data order: all models see the same batches (those of the caller's iterator, normally the first
+seed's order). The seeds vary the initialisation and the sampling noise (reparameterisation
+samples, FactorVAE's permutations), not the data order, which is how vmapped sweeps usually work.
 
-  states, tx, disc_tx = init_states(config, networks, seeds, observation_shape)
-  step = make_multi_seed_train_step(make_train_step(loss_fn, tx, disc_tx, networks.discriminator))
-  step = jit_multi_seed_train_step(step, mesh, states)
+  states = trainer.init_states(seeds)
+  step = jit_multi_seed_train_step(make_multi_seed_train_step(trainer.train_step), mesh, states)
   rngs = step_rngs(seeds)
   for batch in batches:
-    states, metrics = step(states, batch, rngs)  # metrics: each [K]
+    states, metrics = step(states, batch, rngs)  # metrics: each [M]
 """
 
 from __future__ import annotations
@@ -27,97 +24,14 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from disentangle_jax.training import model as model_lib
-from disentangle_jax.training.train_step import TrainState, create_train_state
-
-
-def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
-  seeds = tuple(int(s) for s in seeds)
-  if not seeds:
-    raise ValueError("seeds is empty: give at least one seed.")
-  if len(set(seeds)) != len(seeds):
-    raise ValueError(f"seeds must be distinct, got {seeds}.")
-  return seeds
-
-
-def stack(trees: Sequence) -> object:
-  """Stacks pytrees of identical structure on a new leading axis.
-
-  Args:
-    trees: K pytrees with the same structure and leaf shapes.
-
-  Returns:
-    One pytree whose leaves are [K, *leaf.shape].
-  """
-  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def unstack(tree, index: int):
-  """Slice `index` of a stacked pytree: the state (or metrics) of one model.
-
-  Args:
-    tree: a pytree whose leaves are [K, ...].
-    index: which model, in [0, K).
-
-  Returns:
-    The pytree of leaves [...] of model `index`.
-  """
-  return jax.tree.map(lambda leaf: leaf[index], tree)
+from disentangle_jax.training.train_step import TrainState, check_seeds, step_rng
 
 
 def step_rngs(seeds: Sequence[int]) -> jax.Array:
-  """The per-step PRNG keys: `fold_in(jax.random.key(seed), 1)` for each seed, as in a single run.
-
-  Args:
-    seeds: K distinct non-negative ints.
-
-  Returns:
-    Typed key array [K]; `train_step` folds in the step number of each model.
-  """
-  seeds = _check_seeds(seeds)
-  return jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seeds])
-
-
-def init_states(
-  config: ml_collections.ConfigDict,
-  networks: model_lib.Networks,
-  seeds: Sequence[int],
-  observation_shape,
-) -> tuple[TrainState, optax.GradientTransformation, optax.GradientTransformation]:
-  """K initial train states, one per seed, stacked on a leading axis.
-
-  Each model is initialised exactly as `train_and_evaluate` initialises a run with
-  `config.seed = seed` (`init_params` with `jax.random.key(seed)`, called the same way), then the
-  K states are stacked, so every slice is bitwise the single run's initial state. (Stacking the
-  per-seed results, rather than vmapping `init_params`, is what guarantees bitwise equality; the
-  K initialisations cost a fraction of one training step each.)
-
-  Args:
-    config: the run's config; `config.seed` is ignored in favour of `seeds`.
-    networks: from `model.build_networks(config, observation_shape)`.
-    seeds: K distinct non-negative ints.
-    observation_shape: shape of one observation, e.g. (64, 64, 1).
-
-  Returns:
-    (state, tx, disc_tx): the stacked `TrainState` (step [K], every parameter and optimizer leaf
-    [K, ...]), and the model and discriminator optimizers, which are the same for every seed
-    (they depend on the parameters' structure only).
-  """
-  seeds = _check_seeds(seeds)
-  disc_tx = model_lib.make_discriminator_optimizer(config)
-  states, tx = [], None
-  for seed in seeds:
-    params, disc_params = model_lib.init_params(
-      config, networks, jax.random.key(seed), observation_shape
-    )
-    if tx is None:
-      tx = model_lib.make_optimizer(config, params)
-    states.append(create_train_state(params, disc_params, tx, disc_tx))
-  return stack(states), tx, disc_tx
+  """The per-step PRNG keys [M] of the seeds, each the single run's `step_rng(seed)`."""
+  return jnp.stack([step_rng(s) for s in check_seeds(seeds)])
 
 
 def make_multi_seed_train_step(train_step, broadcast_batch: bool = False):

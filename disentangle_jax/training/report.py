@@ -27,8 +27,8 @@ from disentangle_jax import distributions as dist
 from disentangle_jax import metrics, plots
 from disentangle_jax import objectives as obj
 from disentangle_jax.data.ground_truth import GroundTruthData
-from disentangle_jax.training import model as model_lib
-from disentangle_jax.training.model import Networks
+from disentangle_jax.training import losses
+from disentangle_jax.training.model import Networks, prior_exponents
 
 TRAVERSAL_VALUES = np.linspace(-2.5, 2.5, 9)
 
@@ -100,11 +100,8 @@ def whole_dataset_decomposition(
   For the ISA prior the cross-entropy is a Monte Carlo estimate and there is no analytic KL.
   """
   log_prior_fn = None
-  if networks.prior_tree is not None:
-    exponents = model_lib.prior_exponents(params)
-    log_prior_fn = lambda z: dist.lp_nested_log_prob(
-      z, networks.prior_tree, exponents, config.prior.scale
-    )
+  if networks.prior is not None:
+    log_prior_fn = lambda z: losses.prior_log_prob(networks, params, z)  # noqa: E731
   out = obj.dataset_elbo_decomposition(
     jax.random.key(config.seed + 4),
     jnp.asarray(mean),
@@ -125,7 +122,7 @@ def whole_dataset_decomposition(
   kl_samples = np.asarray(log_q - log_p, np.float64)
   result["monte_carlo_kl"] = float(kl_samples.mean())
   result["monte_carlo_kl_stderr"] = float(kl_samples.std() / np.sqrt(len(kl_samples)))
-  if networks.prior_tree is None:
+  if networks.prior is None:
     result["analytic_kl"] = float(
       jnp.mean(dist.gaussian_kl(jnp.asarray(mean), jnp.asarray(log_var)))
     )
@@ -176,8 +173,8 @@ def write_report(
   # ------------------------------------------------------------- metrics
   settings = {name: dict(config.eval.get(name, {})) for name in names}
   subspaces = None
-  if networks.prior_tree is not None:
-    subspaces = [tuple(range(a, b)) for a, b in networks.prior_tree.subspace_slices()]
+  if networks.prior is not None:
+    subspaces = [tuple(range(a, b)) for a, b in networks.prior.tree.subspace_slices()]
   results = metrics.compute_metrics(
     dataset,
     encode_fn,
@@ -189,8 +186,8 @@ def write_report(
   )
   summary["scores"] = metrics.headline_scores(results)
   summary["metrics"] = results
-  if networks.prior_tree is not None:
-    summary["prior_exponents"] = np.asarray(model_lib.prior_exponents(params)).tolist()
+  if networks.prior is not None:
+    summary["prior_exponents"] = np.asarray(prior_exponents(params)).tolist()
 
   # ------------------------------------------------------------- pictures
   _write_pictures(config, networks, params, dataset, out_dir, summary, workdir)
@@ -216,7 +213,7 @@ def _write_pictures(config, networks, params, dataset, out_dir, summary, workdir
   )
 
   latent_labels = None
-  if networks.prior_tree is None:
+  if networks.prior is None:
     mean, log_var = make_encode_fn(networks, params)(images)
     latent_labels = np.asarray(dist.gaussian_kl_per_dim(mean, log_var)).mean(0)
   traversals = traversal_images(decode_fn, codes[0], networks.latent_dim, TRAVERSAL_VALUES)
@@ -237,11 +234,10 @@ def _write_pictures(config, networks, params, dataset, out_dir, summary, workdir
       plots.save_figure(figure, out_dir / "mutual_information.png")
       break
 
-  if networks.prior_tree is not None:
-    _, initial = model_lib.parse_layout(config.prior.layout, networks.latent_dim)
+  if networks.prior is not None:
     plots.save_figure(
       plots.lp_nested_exponents(
-        np.asarray(summary["prior_exponents"]), initial=np.asarray(initial)
+        np.asarray(summary["prior_exponents"]), initial=np.asarray(networks.prior.exponents)
       ),
       out_dir / "exponents.png",
     )

@@ -10,8 +10,6 @@ from disentangle_jax.training import config as common
 def get_config(arg=None):
   config = common.base_config()
   config.objective.name = "annealed_vae"
-  config.objective.capacity_max = 25.0
-  config.objective.capacity_gamma = 1000.0
-  config.objective.capacity_steps = 100_000
+  config.objective.annealed_vae.update(gamma=1000.0, capacity_max=25.0, capacity_steps=100_000)
   config.num_steps = 100_000
   return common.apply_presets(config, arg)

@@ -9,7 +9,5 @@ from disentangle_jax.training import config as common
 def get_config(arg=None):
   config = common.base_config()
   config.objective.name = "dip_vae"
-  config.objective.dip_kind = "ii"
-  config.objective.lambda_od = 10.0
-  config.objective.lambda_d = 10.0
+  config.objective.dip_vae.update(kind="ii", lambda_od=10.0, lambda_d=10.0)
   return common.apply_presets(config, arg)

@@ -10,7 +10,6 @@ from disentangle_jax.training import config as common
 def get_config(arg=None):
   config = common.base_config()
   config.objective.name = "factor_vae"
-  config.objective.factor_gamma = 35.0
-  config.discriminator.learning_rate = 1e-4
-  config.discriminator.b1, config.discriminator.b2 = 0.5, 0.9
+  config.objective.factor_vae.gamma = 35.0
+  config.objective.factor_vae.discriminator.update(learning_rate=1e-4, b1=0.5, b2=0.9)
   return common.apply_presets(config, arg)

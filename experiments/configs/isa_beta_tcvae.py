@@ -11,6 +11,6 @@ from disentangle_jax.training import config as common
 def get_config(arg=None):
   config = common.use_isa_prior(common.base_config())
   config.objective.name = "beta_tcvae"
-  config.objective.alpha, config.objective.beta, config.objective.gamma = 1.0, 6.0, 1.0
-  config.num_steps = 7200
+  config.objective.beta_tcvae.update(alpha=1.0, beta=6.0, gamma=1.0)
+  config.num_steps = 7200  # 20 epochs of dSprites at batch 2048
   return common.apply_presets(config, arg)

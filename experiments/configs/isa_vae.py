@@ -14,6 +14,6 @@ from disentangle_jax.training import config as common
 def get_config(arg=None):
   config = common.use_isa_prior(common.base_config())
   config.objective.name = "beta_vae"
-  config.objective.beta = 1.0
+  config.objective.beta_vae.beta = 1.0
   config.num_steps = 7200  # 20 epochs of dSprites at batch 2048
   return common.apply_presets(config, arg)

@@ -15,10 +15,9 @@ def get_config(arg=None):
   config.model.encoder, config.model.decoder = "conv", "conv"
   config.model.latent_dim = 6
   config.model.categorical_sizes = (3,)
-  config.objective.continuous_capacity_max = 40.0
-  config.objective.discrete_capacity_max = 1.1
-  config.objective.joint_capacity_steps = 300_000
-  config.objective.joint_gamma = 150.0
-  config.objective.temperature = 0.67
+  config.model.temperature = 0.67
+  config.objective.joint_vae.update(
+    continuous_capacity_max=40.0, discrete_capacity_max=1.1, capacity_steps=300_000, gamma=150.0
+  )
   config.batch_size, config.learning_rate, config.num_steps = 64, 5e-4, 300_000
   return common.apply_presets(config, arg)

@@ -10,5 +10,5 @@ from disentangle_jax.training import config as common
 def get_config(arg=None):
   config = common.base_config()
   config.objective.name = "beta_vae"
-  config.objective.beta = 1.0
+  config.objective.beta_vae.beta = 1.0
   return common.apply_presets(config, arg)

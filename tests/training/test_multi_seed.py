@@ -15,8 +15,7 @@ import pytest
 from disentangle_jax import data, models
 from disentangle_jax.training import model as model_lib
 from disentangle_jax.training import multi_seed
-from disentangle_jax.training.losses import make_loss_fn
-from disentangle_jax.training.train_step import create_train_state, jit_train_step, make_train_step
+from disentangle_jax.training.train_step import build_trainer, jit_train_step, step_rng, unstack
 from tests.training.test_train import tiny
 
 OBSERVATION_SHAPE = (64, 64, 1)
@@ -39,6 +38,10 @@ DATASET_SIZE = 737_280  # dSprites; only beta-TCVAE's estimator uses it
 RTOL = 1e-5
 ENTRY_ATOL_LR = 1e-2
 BAD_FRACTION = 1e-4
+
+
+def small_trainer(config):
+  return build_trainer(config, OBSERVATION_SHAPE, DATASET_SIZE, networks=small_networks(config))
 
 
 def small_networks(config) -> model_lib.Networks:
@@ -64,15 +67,6 @@ def random_batches(num: int, batch_size: int = 8) -> list[dict[str, np.ndarray]]
   return [{"image": (rng.random(shape) < 0.3).astype(np.float32)} for _ in range(num)]
 
 
-def single_init(config, networks, seed):
-  """Exactly what train_and_evaluate does for config.seed = seed."""
-  init_key = jax.random.key(seed)
-  params, disc_params = model_lib.init_params(config, networks, init_key, OBSERVATION_SHAPE)
-  tx = model_lib.make_optimizer(config, params)
-  disc_tx = model_lib.make_discriminator_optimizer(config)
-  return create_train_state(params, disc_params, tx, disc_tx), tx, disc_tx, init_key
-
-
 def assert_trees_equal(actual, expected):
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
   jax.tree.map(np.testing.assert_array_equal, actual, expected)
@@ -87,6 +81,9 @@ def test_step_rngs_are_the_single_runs():
 
 
 def test_bad_seeds_are_errors():
+  trainer = small_trainer(tiny("beta_vae"))
+  with pytest.raises(ValueError, match="distinct"):
+    trainer.init_states((3, 3))
   with pytest.raises(ValueError, match="distinct"):
     multi_seed.step_rngs((1, 1))
   with pytest.raises(ValueError, match="empty"):
@@ -131,23 +128,20 @@ FACTOR_ISA = {"objective.name": "factor_vae"}
 
 
 def test_stacked_initial_states_are_the_single_runs_bitwise():
-  config = tiny("isa_vae", **FACTOR_ISA)
-  networks = small_networks(config)
-  states, _, _ = multi_seed.init_states(config, networks, SEEDS, OBSERVATION_SHAPE)
+  trainer = small_trainer(tiny("isa_vae", **FACTOR_ISA))
+  states = trainer.init_states(SEEDS)
   assert states.disc_params and "prior" in states.params
   for leaf in jax.tree.leaves(states):
     assert leaf.shape[0] == len(SEEDS)
   for k, seed in enumerate(SEEDS):
-    expected, *_ = single_init(config, networks, seed)
-    assert_trees_equal(jax.device_get(multi_seed.unstack(states, k)), jax.device_get(expected))
+    assert_trees_equal(jax.device_get(unstack(states, k)), jax.device_get(trainer.init_state(seed)))
 
 
-def run_multi_seed(config, networks, loss_fn, mesh, batches, broadcast_batch):
+def run_multi_seed(trainer, mesh, batches, broadcast_batch):
   """The K = len(SEEDS) models in one vmapped program: (initial params, final state, metrics)."""
-  states, tx, disc_tx = multi_seed.init_states(config, networks, SEEDS, OBSERVATION_SHAPE)
-  train_step = make_train_step(loss_fn, tx, disc_tx, networks.discriminator)
+  states = trainer.init_states(SEEDS)
   multi_step = multi_seed.jit_multi_seed_train_step(
-    multi_seed.make_multi_seed_train_step(train_step, broadcast_batch), mesh, states
+    multi_seed.make_multi_seed_train_step(trainer.train_step, broadcast_batch), mesh, states
   )
   initial = jax.device_get(states.params)  # a copy: the step donates the state
   rngs = multi_seed.step_rngs(SEEDS)
@@ -165,19 +159,17 @@ def run_multi_seed(config, networks, loss_fn, mesh, batches, broadcast_batch):
 )
 def test_vmapped_models_follow_their_single_runs(name, overrides, num_steps, broadcast_batch):
   config = tiny(name, **overrides)
-  networks = small_networks(config)
+  trainer = small_trainer(config)
   mesh = data.make_data_mesh()
   batches = random_batches(num_steps)
-  loss_fn = make_loss_fn(config, networks, DATASET_SIZE)
 
   # K single runs with the plain jitted train step (one compilation, shared by the seeds).
   singles, single_metrics, step = [], [], None
   for seed in SEEDS:
-    state, tx, disc_tx, init_key = single_init(config, networks, seed)
+    state = trainer.init_state(seed)
     if step is None:
-      train_step = make_train_step(loss_fn, tx, disc_tx, networks.discriminator)
-      step = jit_train_step(train_step, mesh, state)
-    rng = jax.random.fold_in(init_key, 1)
+      step = jit_train_step(trainer.train_step, mesh, state)
+    rng = step_rng(seed)
     metrics = []
     for batch in batches:
       state, m = step(state, batch, rng)
@@ -186,12 +178,10 @@ def test_vmapped_models_follow_their_single_runs(name, overrides, num_steps, bro
     single_metrics.append(jax.device_get(metrics))
 
   for broadcast in broadcast_batch:
-    initial, states, multi_metrics = run_multi_seed(
-      config, networks, loss_fn, mesh, batches, broadcast
-    )
+    initial, states, multi_metrics = run_multi_seed(trainer, mesh, batches, broadcast)
     for k in range(len(SEEDS)):
       worst, outside = compare_states(
-        multi_seed.unstack(states, k), singles[k], config.learning_rate, num_steps
+        unstack(states, k), singles[k], config.learning_rate, num_steps
       )
       print(
         f"{name} broadcast_batch={broadcast} seed {SEEDS[k]}: largest error {worst:.2g} lr; "
@@ -203,7 +193,7 @@ def test_vmapped_models_follow_their_single_runs(name, overrides, num_steps, bro
           assert multi_metrics[t][key].shape == (len(SEEDS),)
           np.testing.assert_allclose(multi_metrics[t][key][k], value, rtol=RTOL, err_msg=key)
         assert bool(multi_metrics[t]["finite"][k])
-    if networks.prior_tree is not None:  # the exponents are learned, per model
+    if trainer.networks.prior is not None:  # the exponents are learned, per model
       moved = states.params["prior"]["raw_exponents"] != initial["prior"]["raw_exponents"]
       assert np.all(np.any(moved, axis=1))
     # The models differ: the seeds vary the initialisation.

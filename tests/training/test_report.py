@@ -27,7 +27,8 @@ def small_config(name, npz_path, **overrides):
   settings.update({"eval.beta_vae.num_eval": 100, "eval.factor_vae.num_eval": 100})
   settings.update({f"eval.{m}.num_test": 100 for m in ("dci", "sap", "modularity")})
   settings.update(overrides)
-  return tiny(name, dataset="dsprites_npz", dataset_kwargs={"path": str(npz_path)}, **settings)
+  settings.update({"dataset_kwargs.source": None, "dataset_kwargs.path": str(npz_path)})
+  return tiny(name, dataset="dsprites_npz", **settings)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,8 @@ def test_evaluate_checkpoint_any_step_and_metrics(npz_path, tmp_path):
   train_and_evaluate(small_config("isa_vae", npz_path, **{"eval.report": False}), str(tmp_path))
   assert not (tmp_path / "report").exists()
   config = config_lib.load_saved_config(tmp_path / "config.json")
-  config.eval.metrics, config.eval.report = "mig_chen", True
+  with config.unlocked():
+    config.eval.metrics, config.eval.report = "mig_chen", True
   results = evaluate_checkpoint(str(tmp_path), config, step=2)
   # An earlier step's evaluation goes to step_2/; the run's own eval.json (step 4) is kept.
   out = tmp_path / "step_2"
@@ -78,7 +80,8 @@ def test_evaluate_checkpoint_any_step_and_metrics(npz_path, tmp_path):
   assert (out / "report" / "exponents.png").exists()
   assert (out / "report" / "training_curves.png").exists()  # from the workdir's metrics.jsonl
   # The latest step's evaluation replaces the workdir's own.
-  config.eval.metrics = "mig_dlib"
+  with config.unlocked():
+    config.eval.metrics = "mig_dlib"
   assert evaluate_checkpoint(str(tmp_path), config)["step"] == 4
   assert set(json.loads((tmp_path / "report" / "report.json").read_text())["metrics"]) == {
     "mig_dlib"
@@ -113,7 +116,7 @@ def test_encode_fn_padding_gives_the_plain_encoder_output():
 
   encoder = models.make_encoder("mlp", latent_dim=3, hidden=(16,))
   params = {"encoder": encoder.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))}
-  networks = Networks(encoder, None, None, None, 3, ())
+  networks = Networks(encoder, None, None, None, 3, (), (8, 8, 1))
   images = np.random.default_rng(0).random((250, 8, 8, 1), dtype=np.float32)
   mean, log_var = make_encode_fn(networks, params, batch_size=100)(images)
   expected = encoder.apply(params["encoder"], images)

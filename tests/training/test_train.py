@@ -15,8 +15,8 @@ import pytest
 from disentangle_jax.training import NonFiniteError, evaluate_checkpoint, loop, train_and_evaluate
 from disentangle_jax.training.checkpoint import Checkpointer
 from disentangle_jax.training.train_step import (
+  TrainState,
   all_finite,
-  create_train_state,
   make_train_step,
   state_is_finite,
 )
@@ -29,7 +29,7 @@ def tiny(name: str, **overrides):
   """A config shrunk to seconds: small MLP widths are not configurable, so few steps of batch 8."""
   config = load(name, "quick")
   config.unlock()
-  config.dataset_kwargs = {"source": "render"}  # no 360 MiB cache in tests
+  config.dataset_kwargs.source = "render"  # no 360 MiB cache in tests
   config.batch_size, config.num_steps = 8, 4
   config.log_every, config.checkpoint_every = 2, 2
   config.eval.num_examples, config.eval.batch_size = 64, 32
@@ -118,11 +118,12 @@ def test_multi_seed_run_follows_the_single_run_of_its_first_seed(tmp_path):
 
 
 def test_resume_reaches_the_same_parameters(tmp_path):
-  """3 steps, stop, then the same command for 6 steps == 6 uninterrupted steps (CPU, bitwise)."""
+  """3 steps, stop, then 6 steps with --allow_config_change == 6 uninterrupted steps (CPU,
+  bitwise)."""
   full = train_and_evaluate(tiny("isa_vae", num_steps=6, checkpoint_every=3), str(tmp_path / "a"))
   train_and_evaluate(tiny("isa_vae", num_steps=3, checkpoint_every=3), str(tmp_path / "b"))
   resumed = train_and_evaluate(
-    tiny("isa_vae", num_steps=6, checkpoint_every=3), str(tmp_path / "b")
+    tiny("isa_vae", num_steps=6, checkpoint_every=3), str(tmp_path / "b"), allow_config_change=True
   )
   step_a, state_a = _final_params(tmp_path / "a")
   step_b, state_b = _final_params(tmp_path / "b")
@@ -157,9 +158,9 @@ def test_all_finite_sees_one_bad_element_in_any_leaf(bad, expected):
   assert not bool(all_finite(tree))
 
 
-def _sqrt_loss(params, disc_params, batch, key, step):
+def _sqrt_loss(params, disc_params, hparams, batch, key, step):
   """sum(sqrt|w|): finite at w = 0, where its gradient is not (1 / (2 sqrt 0) = inf)."""
-  del disc_params, batch, key, step
+  del disc_params, hparams, batch, key, step
   return jnp.sum(jnp.sqrt(jnp.abs(params["w"]))), ({}, None)
 
 
@@ -170,7 +171,7 @@ def test_a_non_finite_gradient_under_a_finite_loss_shows_in_the_state(num_seeds)
   tx = optax.adam(1e-3)
   good, bad = {"w": jnp.ones(4)}, {"w": jnp.array([1.0, 0.0, 2.0, 3.0])}
   seeds = [bad if k == num_seeds - 1 else good for k in range(num_seeds)]
-  states = [create_train_state(p, {}, tx, optax.identity()) for p in seeds]
+  states = [TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), {}, {}, {}) for p in seeds]
   for state in states:
     assert bool(state_is_finite(state))
   step = make_train_step(_sqrt_loss, tx, optax.identity())
@@ -234,24 +235,20 @@ _SHARDING_SCRIPT = textwrap.dedent(
   import jax, jax.numpy as jnp, numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   from disentangle_jax import data
-  from disentangle_jax.training import model as model_lib
-  from disentangle_jax.training.losses import make_loss_fn
-  from disentangle_jax.training.train_step import (
-    create_train_state, jit_train_step, make_train_step)
+  from disentangle_jax.training.train_step import build_trainer, jit_train_step
 
   spec = importlib.util.spec_from_file_location("c", "experiments/configs/beta_tcvae.py")
   module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
   config = module.get_config("quick")
   dataset = data.get_dataset("dsprites", source="render")
   batch = data.host_batch(dataset, 0, batch_size=16, seed=0)
-  networks = model_lib.build_networks(config, dataset.observation_shape)
-  params, disc = model_lib.init_params(config, networks, jax.random.key(0), (64, 64, 1))
-  loss_fn = make_loss_fn(config, networks, dataset.num_examples)
+  trainer = build_trainer(config, dataset.observation_shape, dataset.num_examples)
+  state = trainer.init_state(0)
 
   def loss_and_grads(params, batch):
     step = jnp.zeros((), jnp.int32)
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, {}, batch, jax.random.key(1), step)
+    (loss, _), grads = jax.value_and_grad(trainer.loss_fn, has_aux=True)(
+      params, {}, state.hparams, batch, jax.random.key(1), step)
     return loss, grads
 
   results = []
@@ -259,13 +256,11 @@ _SHARDING_SCRIPT = textwrap.dedent(
     mesh = Mesh(np.array(devices), ("data",))
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     fn = jax.jit(loss_and_grads, in_shardings=(replicated, split), out_shardings=replicated)
-    results.append(jax.device_get(fn(params, jax.device_put(batch, split))))
+    results.append(jax.device_get(fn(state.params, jax.device_put(batch, split))))
     # The real train step runs on this mesh too.
-    tx = model_lib.make_optimizer(config, params)
-    dtx = model_lib.make_discriminator_optimizer(config)
-    state = create_train_state(jax.tree.map(jnp.copy, params), disc, tx, dtx)  # donated
-    step = jit_train_step(make_train_step(loss_fn, tx, dtx), mesh, state)
-    _, metrics = step(state, jax.device_put(batch, split), jax.random.key(1))
+    fresh = trainer.init_state(0)  # donated
+    step = jit_train_step(trainer.train_step, mesh, fresh)
+    _, metrics = step(fresh, jax.device_put(batch, split), jax.random.key(1))
     assert bool(metrics["finite"])
   (loss1, g1), (loss8, g8) = results
   print("devices", jax.device_count(), "loss", loss1, loss8)

@@ -1,21 +1,16 @@
-"""oneDNN convolutions as XLA:CPU custom calls (`jax.ffi`), for the conv encoder and decoder.
+"""oneDNN's convolutions as XLA:CPU custom calls (`jax.ffi`): the engine of `cpu_conv`.
 
-XLA:CPU has no fast strided or transposed convolution for the few channels of the field's conv
-nets (`models/conv_lowering.py`). oneDNN's JIT convolutions are fast here. With them, the conv
-net's train step ran 1.04-1.38x as fast as with the sub-pixel matrix products at batch 64, and
-1.12-1.13x at 256 and 2048. Those products spend half the step on layout copies (figures in
-BUILD_NOTES). `onednn_conv.cc` wraps oneDNN's forward, backward-data and backward-weights
-primitives, of the convolution and of the deconvolution (transposed convolution), in one XLA FFI
-handler, working directly on XLA's NHWC activations and HWIO kernels. The forward calls take an
-optional bias and ReLU, and the backward-weights calls return the bias gradient on request: they
-run inside the primitive, so the network makes no extra passes over its activations.
+`onednn_conv.cc` wraps oneDNN's forward, backward-data and backward-weights primitives, of the
+convolution and of the deconvolution (transposed convolution), in one XLA FFI handler that works
+directly on XLA's NHWC activations and HWIO kernels. The forward calls take an optional bias and
+the backward-weights calls return the bias gradient on request.
 
-The handler is compiled on first use with the system C++ compiler, against the headers of the
-`onednn-devel-cpu-gomp` wheel and jaxlib's FFI headers, into a per-user cache keyed by the
-source, oneDNN and jaxlib versions; later processes load the cached library. When anything is
-missing (no compiler, no oneDNN wheel, not Linux x86-64) `available()` is False, the reason is
-logged once, and the models use the sub-pixel lowering. `DISENTANGLE_JAX_ONEDNN=0` switches the
-kernels off.
+The handler is compiled on first use with the system C++ compiler (a few seconds), against the
+headers of the `onednn-devel-cpu-gomp` wheel and jaxlib's FFI headers, into a per-user cache keyed
+by the source, oneDNN and jaxlib versions; later processes load the cached library. Nothing here
+runs unless a model asks for `config.model.conv_impl = "onednn"`. Where anything is missing (no
+compiler, no wheel, not Linux x86-64) `load()` raises `Unavailable` saying what.
+`DISENTANGLE_JAX_ONEDNN=0` switches the kernels off.
 """
 
 from __future__ import annotations
@@ -144,7 +139,6 @@ def _unavailable_reason() -> str | None:
   try:
     _load()
   except (Unavailable, OSError) as e:
-    logging.warning("oneDNN convolutions unavailable, using the sub-pixel lowering: %s", e)
     return str(e)
   return None
 
@@ -212,15 +206,15 @@ def _transposed_geometry(x_shape, kernel_shape, y_shape, strides, padding):
   return {renamed.get(k, k): v for k, v in geometry.items()}
 
 
-def _call(kind: int, args, out_shapes, geometry, relu=False):
+def _call(kind: int, args, out_shapes, geometry):
   load()
-  # Batched parameters (vmap over seeds) run one convolution per batch element.
+  # Batched parameters (vmap over models) run one convolution per batch element.
   call = jax.ffi.ffi_call(
     TARGET,
     [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in out_shapes],
     vmap_method="sequential",
   )
-  return call(*args, kind=np.int64(kind), relu=np.int64(relu), **geometry)
+  return call(*args, kind=np.int64(kind), **geometry)
 
 
 def _bias_args(bias, channels):
@@ -238,11 +232,10 @@ def _weights_grads(kind, x, dy, kernel_shape, geometry, bias):
   return tuple(grads) if bias else grads[0]
 
 
-def conv_forward(x, kernel, strides, padding, bias=None, relu=False):
-  """y = conv(x, kernel) [+ bias] [then ReLU], NHWC / HWIO, float32, as
-  `lax.conv_general_dilated` (bias and ReLU run inside oneDNN's primitive)."""
+def conv_forward(x, kernel, strides, padding, bias=None):
+  """y = conv(x, kernel) [+ bias], NHWC / HWIO, float32, as `lax.conv_general_dilated`."""
   geometry, y_shape = _geometry(x.shape, kernel.shape, strides, padding)
-  return _call(0, (x, kernel, *_bias_args(bias, y_shape[3])), [y_shape], geometry, relu)[0]
+  return _call(0, (x, kernel, *_bias_args(bias, y_shape[3])), [y_shape], geometry)[0]
 
 
 def conv_backward_data(dy, kernel, x_shape, strides, padding):
@@ -258,8 +251,8 @@ def conv_backward_weights(x, dy, kernel_shape, strides, padding, bias=False):
   return _weights_grads(2, x, dy, kernel_shape, geometry, bias)
 
 
-def conv_transpose_forward(x, kernel, y_shape, strides, padding, bias=None, relu=False):
-  """y[s i + t - pl] += x[i] kernel[t] [+ bias] [then ReLU]: oneDNN's deconvolution.
+def conv_transpose_forward(x, kernel, y_shape, strides, padding, bias=None):
+  """y[s i + t - pl] += x[i] kernel[t] [+ bias]: oneDNN's deconvolution.
 
   Args:
     x: [N, P, Q, C].
@@ -268,14 +261,13 @@ def conv_transpose_forward(x, kernel, y_shape, strides, padding, bias=None, relu
       `strides` must give x's shape.
     strides, padding: of that convolution ("SAME", "VALID" or explicit pairs); pl is its low pad.
     bias: [O] or None.
-    relu: apply ReLU to the output.
 
   Returns:
     y [N, H, W, O]: `lax.conv_transpose(x, kernel flipped in space, strides, padding)`.
   """
   geometry = _transposed_geometry(x.shape, kernel.shape, y_shape, strides, padding)
   args = (x, kernel, *_bias_args(bias, kernel.shape[3]))
-  return _call(3, args, [tuple(y_shape)], geometry, relu)[0]
+  return _call(3, args, [tuple(y_shape)], geometry)[0]
 
 
 def conv_transpose_backward_data(dy, kernel, x_shape, strides, padding):

@@ -1,4 +1,4 @@
-"""oneDNN's convolutions (an XLA custom call) equal XLA's, and the build falls back cleanly.
+"""oneDNN's convolutions (an XLA custom call) equal XLA's, and a failed build says why.
 
 Tolerances: a float32 sum of n products in any order is within gamma_n * sum |x_i w_i| of the
 exact sum, gamma_n = n eps / (1 - n eps) (Higham 2002, eq. 3.5), so two orders differ by at most
@@ -7,21 +7,17 @@ absolute cotangent), and n the longest sum: kh kw C for the output, kh kw O for 
 gradient, N OH OW for the kernel gradient.
 """
 
-import platform
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
-from disentangle_jax.kernels import onednn
-from disentangle_jax.models import conv_lowering
+from disentangle_jax import cpu_conv
+from disentangle_jax.cpu_conv import onednn
+from tests.cpu_conv.conftest import needs_onednn
 
 EPS = float(jnp.finfo(jnp.float32).eps)
-SUPPORTED = sys.platform == "linux" and platform.machine() == "x86_64"
-needs_onednn = pytest.mark.skipif(not SUPPORTED, reason="the kernels are built for Linux x86-64")
 
 
 def _gamma(n: int) -> float:
@@ -117,7 +113,7 @@ TRANSPOSED_GEOMETRIES = [
   "geometry", TRANSPOSED_GEOMETRIES, ids=lambda g: f"{g[0]}x{g[1]}s{g[2]}{g[3]}"
 )
 def test_transposed_forward_and_both_gradients_match_xla(geometry):
-  """conv_transpose_forward (bias, ReLU) and its two gradients (bias gradient included) are
+  """conv_transpose_forward (with bias) and its two gradients (bias gradient included) are
   lax's transposed convolution and its VJP, to the summation-order bound."""
   x_shape, k_shape, strides, padding = geometry
   x, kernel, bias = _normal(0, x_shape), _normal(1, k_shape), _normal(3, k_shape[3:])
@@ -135,15 +131,14 @@ def test_transposed_forward_and_both_gradients_match_xla(geometry):
   @jax.jit
   def ours(x, kernel, bias, dy):
     return (
-      onednn.conv_transpose_forward(x, kernel, y_shape, strides, padding, bias=bias, relu=True),
+      onednn.conv_transpose_forward(x, kernel, y_shape, strides, padding, bias=bias),
       onednn.conv_transpose_backward_data(dy, kernel, x.shape, strides, padding),
       onednn.conv_transpose_backward_weights(x, dy, kernel.shape, strides, padding, bias=True),
     )
 
   y, dx, (dk, db) = ours(x, kernel, bias, dy)
   kh, kw, c, o = k_shape
-  # ReLU is 1-Lipschitz: |relu(a) - relu(b)| <= |a - b|.
-  _assert_within(y, jax.nn.relu(z_ref), 2 * _gamma(kh * kw * c + 1) * z_abs, "output")
+  _assert_within(y, z_ref, 2 * _gamma(kh * kw * c + 1) * z_abs, "output")
   _assert_within(dx, dx_ref, 2 * _gamma(kh * kw * o) * dx_abs, "input gradient")
   n_out = int(np.prod(y_shape[:3]))
   _assert_within(dk, dk_ref, 2 * _gamma(n_out) * dk_abs, "kernel gradient")
@@ -152,17 +147,16 @@ def test_transposed_forward_and_both_gradients_match_xla(geometry):
 
 @needs_onednn
 @pytest.mark.parametrize("geometry", GEOMETRIES[:2], ids=lambda g: f"{g[0]}x{g[1]}")
-def test_bias_and_relu_run_inside_the_convolution(geometry):
-  """conv_forward with bias and ReLU is relu(conv + bias), and the backward-weights pass's bias
-  gradient is sum(dy) over N, H, W."""
+def test_bias_runs_inside_the_convolution(geometry):
+  """conv_forward with a bias is conv + bias, and the backward-weights pass's bias gradient is
+  sum(dy) over N, H, W."""
   x_shape, k_shape, strides, padding = geometry
   x, kernel, bias = _normal(0, x_shape), _normal(1, k_shape), _normal(3, k_shape[3:])
   z = _xla_conv(x, kernel, strides, padding) + bias
   z_abs = _xla_conv(abs(x), abs(kernel), strides, padding) + abs(bias)
-  y = onednn.conv_forward(x, kernel, strides, padding, bias=bias, relu=True)
+  y = onednn.conv_forward(x, kernel, strides, padding, bias=bias)
   kh, kw, c, _ = k_shape
-  _assert_within(y, jax.nn.relu(z), 2 * _gamma(kh * kw * c + 1) * z_abs, "output")
-  assert float(y.min()) == 0.0 and float(z.min()) < 0  # the ReLU did clip
+  _assert_within(y, z, 2 * _gamma(kh * kw * c + 1) * z_abs, "output")
   dy = _normal(2, z.shape)
   dk, db = onednn.conv_backward_weights(x, dy, kernel.shape, strides, padding, bias=True)
   _, vjp = jax.vjp(lambda k: _xla_conv(x, k, strides, padding), kernel)
@@ -181,50 +175,34 @@ def test_bias_and_relu_run_inside_the_convolution(geometry):
 
 @needs_onednn
 def test_vmap_over_kernels_runs_each_model():
-  """Under vmap (K models, as the multi-seed step batches params) each slice is its own conv."""
+  """Under vmap (M models, as a sweep batches params) each slice is its own convolution."""
   x, kernels = _normal(0, (3, 2, 8, 8, 4)), _normal(1, (3, 4, 4, 4, 6))
-  batched = jax.jit(jax.vmap(lambda x, k: conv_lowering.conv_s2_onednn(x, k)))(x, kernels)
+  conv = lambda x, k, b=None: cpu_conv.conv(x, k, b, (2, 2), "SAME")  # noqa: E731
+  batched = jax.jit(jax.vmap(conv))(x, kernels)
   for i in range(3):
-    np.testing.assert_array_equal(batched[i], conv_lowering.conv_s2_onednn(x[i], kernels[i]))
-  single = jax.grad(lambda k, x: conv_lowering.conv_transpose_s2_onednn(x, k).sum())
+    np.testing.assert_array_equal(batched[i], conv(x[i], kernels[i]))
+  single = jax.grad(lambda k, x: cpu_conv.conv_transpose(x, k, None, (2, 2)).sum())
   grads = jax.vmap(single)(kernels, x)
   np.testing.assert_array_equal(grads[1], single(kernels[1], x[1]))
-  # With bias and ReLU (the optional operand and the second result of the custom call).
+  # With a bias (the optional operand and the second result of the custom call).
   biases = _normal(2, (3, 6))
-  fused = jax.grad(
-    lambda k, b, x: conv_lowering.conv_transpose_s2_onednn(x, k, b, True).sum(), argnums=(0, 1)
+  with_bias = jax.grad(
+    lambda k, b, x: cpu_conv.conv_transpose(x, k, b, (2, 2)).sum(), argnums=(0, 1)
   )
-  dk, db = jax.jit(jax.vmap(fused))(kernels, biases, x)
-  dk1, db1 = fused(kernels[1], biases[1], x[1])
+  dk, db = jax.jit(jax.vmap(with_bias))(kernels, biases, x)
+  dk1, db1 = with_bias(kernels[1], biases[1], x[1])
   np.testing.assert_array_equal(dk[1], dk1)
   np.testing.assert_array_equal(db[1], db1)
   with pytest.raises(ValueError, match=r"kernel \[kh, kw, C, O\]; got \(2, 8, 8, 4\) and"):
     onednn.conv_forward(x[0], kernels[0].transpose(0, 1, 3, 2), (2, 2), "SAME")
 
 
-@needs_onednn
-def test_auto_lowering_picks_onednn_for_float32_on_cpu():
-  assert onednn.available()
-  assert conv_lowering.resolve_lowering("auto") == "onednn"
-  assert conv_lowering.resolve_lowering("auto", jnp.bfloat16) == "subpixel"
-  assert conv_lowering.resolve_lowering("onednn") == "onednn"
-  with pytest.raises(ValueError, match="float32 layers only; got bfloat16"):
-    conv_lowering.resolve_lowering("onednn", jnp.bfloat16)
-
-
-def test_unavailable_kernels_fall_back_or_say_why(monkeypatch):
-  """Where the kernels cannot run, "auto" takes the sub-pixel products and "onednn" is an error
-  that gives the reason."""
+def test_unavailable_kernels_say_why(monkeypatch):
+  """Where the kernels cannot run, asking for them is an error that gives the reason."""
   monkeypatch.setattr(onednn, "_unavailable_reason", lambda: "no C++ compiler (set CXX, ...)")
   assert not onednn.available()
-  assert conv_lowering.resolve_lowering("auto") == "subpixel"
   with pytest.raises(onednn.Unavailable, match="cannot run here: no C\\+\\+ compiler"):
-    conv_lowering.resolve_lowering("onednn")
-  x = jnp.zeros((2, 8, 8, 3))
-  layer = conv_lowering.Conv(4, (4, 4), strides=(2, 2), padding="SAME")
-  params = jax.eval_shape(layer.init, jax.random.key(0), x)
-  jaxpr = str(jax.make_jaxpr(layer.apply)(params, x))
-  assert "ffi_call" not in jaxpr and "dot_general" in jaxpr
+    onednn.load()
 
 
 def test_switched_off_by_the_environment(monkeypatch):

@@ -3,7 +3,7 @@
 //
 // One handler, `DjOnednnConv`, serves all six (attribute `kind` = 3 * transposed + pass). With
 // src x [N, H, W, C], dst y [N, OH, OW, O] and kernel w [KH, KW, C, O]:
-//   pass 0 (forward):          a = x,  b = w   [, bias [O]] -> y, ReLU applied if `relu`
+//   pass 0 (forward):          a = x,  b = w   [, bias [O]] -> y
 //   pass 1 (backward data):    a = dy, b = w                -> dx
 //   pass 2 (backward weights): a = x,  b = dy               -> dw [, d bias [O]]
 // The convolution (kind 0-2) is `lax.conv_general_dilated` with strides (sh, sw) and explicit
@@ -13,9 +13,8 @@
 //
 // Activations stay in XLA's row-major NHWC layout (oneDNN's `nhwc`, for which it has direct JIT
 // kernels). Kernels are passed as HWIO and reordered to whatever layout the chosen
-// implementation wants (`format_tag::any`); they are small. Bias and ReLU run inside the
-// primitive (bias argument, eltwise post-op), and the backward-weights pass sums the bias
-// gradient while it reads dy, which saves XLA a pass over the activations each. Primitives are
+// implementation wants (`format_tag::any`); they are small. The bias is added inside the forward
+// primitive, and the backward-weights pass sums the bias gradient while it reads dy. Primitives are
 // built once per geometry and cached. Executions are serialized with one mutex: each uses
 // oneDNN's own OpenMP threads, so two at once would only oversubscribe the cores.
 
@@ -38,10 +37,9 @@ using tag = dnnl::memory::format_tag;
 namespace {
 
 struct Geometry {
-  int64_t kind, n, h, w, c, o, kh, kw, oh, ow, sh, sw, plh, plw, phh, phw, bias, relu;
+  int64_t kind, n, h, w, c, o, kh, kw, oh, ow, sh, sw, plh, plw, phh, phw, bias;
   auto key() const {
-    return std::make_tuple(kind, n, h, w, c, o, kh, kw, oh, ow, sh, sw, plh, plw, phh, phw, bias,
-                           relu);
+    return std::make_tuple(kind, n, h, w, c, o, kh, kw, oh, ow, sh, sw, plh, plw, phh, phw, bias);
   }
   int64_t pass() const { return kind % 3; }
 };
@@ -81,16 +79,6 @@ memory::desc Bias(const Geometry& g) {
   return g.bias ? memory::desc({g.o}, memory::data_type::f32, tag::a) : memory::desc();
 }
 
-dnnl::primitive_attr Attributes(const Geometry& g) {
-  dnnl::primitive_attr attr;
-  if (g.relu) {
-    dnnl::post_ops ops;
-    ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-    attr.set_post_ops(ops);
-  }
-  return attr;
-}
-
 // The three primitives of one family: convolution or deconvolution (same constructor shapes).
 template <typename Forward, typename BackwardData, typename BackwardWeights>
 std::unique_ptr<Plan> MakePlanOf(const Geometry& g, dnnl::algorithm algorithm) {
@@ -99,7 +87,7 @@ std::unique_ptr<Plan> MakePlanOf(const Geometry& g, dnnl::algorithm algorithm) {
   const memory::dims strides{g.sh, g.sw}, low{g.plh, g.plw}, high{g.phh, g.phw};
   typename Forward::primitive_desc forward(Engine(), dnnl::prop_kind::forward_training, algorithm,
                                            src, Kernel(g, tag::any), Bias(g), dst, strides, low,
-                                           high, Attributes(g));
+                                           high);
   if (g.pass() == 0) {
     plan->prim = Forward(forward);
     plan->weights_md = forward.weights_desc();
@@ -182,7 +170,7 @@ ffi::Error ConvImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                     std::optional<ffi::ResultBuffer<ffi::F32>> result_bias, int64_t kind,
                     int64_t n, int64_t h, int64_t w, int64_t c, int64_t o, int64_t kh,
                     int64_t kw, int64_t oh, int64_t ow, int64_t sh, int64_t sw, int64_t plh,
-                    int64_t plw, int64_t phh, int64_t phw, int64_t relu) {
+                    int64_t plw, int64_t phh, int64_t phw) {
   if (kind < 0 || kind > 5) return ffi::Error::InvalidArgument("kind must be 0 to 5");
   const int64_t pass = kind % 3;
   const bool with_bias = bias.has_value() || result_bias.has_value();
@@ -190,8 +178,7 @@ ffi::Error ConvImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
     return ffi::Error::InvalidArgument(
         "a bias is an input of the forward pass and an output of the backward-weights pass only");
   }
-  if (relu && pass != 0) return ffi::Error::InvalidArgument("relu applies to the forward pass");
-  Geometry g{kind, n, h, w, c, o, kh, kw, oh, ow, sh, sw, plh, plw, phh, phw, with_bias, relu != 0};
+  Geometry g{kind, n, h, w, c, o, kh, kw, oh, ow, sh, sw, plh, plw, phh, phw, with_bias};
   const int64_t x_size = n * h * w * c, y_size = n * oh * ow * o, k_size = kh * kw * c * o;
   const int64_t want[3][3] = {{x_size, k_size, y_size}, {y_size, k_size, x_size},
                               {x_size, y_size, k_size}};
@@ -233,5 +220,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DjOnednnConv, ConvImpl,
                                   .Attr<int64_t>("plh")
                                   .Attr<int64_t>("plw")
                                   .Attr<int64_t>("phh")
-                                  .Attr<int64_t>("phw")
-                                  .Attr<int64_t>("relu"));
+                                  .Attr<int64_t>("phw"));
