@@ -313,7 +313,10 @@ def _log_window(config, writers, window, step, rate, num_seeds) -> None:
 
 
 def _save_pending(workdir: pathlib.Path, step: int, window: list) -> None:
-  rows = [{k: np.asarray(v).tolist() for k, v in m.items()} for m in window]
+  # Values with their dtypes, so the resumed window averages exactly what it would have.
+  rows = [
+    {k: [np.asarray(v).tolist(), np.asarray(v).dtype.str] for k, v in m.items()} for m in window
+  ]
   path = workdir / PENDING_FILE
   path.with_suffix(".tmp").write_text(json.dumps({"step": step, "metrics": rows}))
   path.with_suffix(".tmp").replace(path)
@@ -327,7 +330,7 @@ def _load_pending(workdir: pathlib.Path, step: int) -> list:
   saved = json.loads(path.read_text())
   if saved["step"] != step:
     return []
-  return [{k: np.asarray(v) for k, v in m.items()} for m in saved["metrics"]]
+  return [{k: np.asarray(v, dtype) for k, (v, dtype) in m.items()} for m in saved["metrics"]]
 
 
 def train_and_evaluate(

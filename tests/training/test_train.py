@@ -117,21 +117,6 @@ def test_multi_seed_run_follows_the_single_run_of_its_first_seed(tmp_path):
   assert again["seed_1"]["elbo"] == pytest.approx(multi["seed_1"]["elbo"], rel=1e-6)
 
 
-def test_resume_reaches_the_same_parameters(tmp_path):
-  """3 steps, stop, then 6 steps with --allow_config_change == 6 uninterrupted steps (CPU,
-  bitwise)."""
-  full = train_and_evaluate(tiny("isa_vae", num_steps=6, checkpoint_every=3), str(tmp_path / "a"))
-  train_and_evaluate(tiny("isa_vae", num_steps=3, checkpoint_every=3), str(tmp_path / "b"))
-  resumed = train_and_evaluate(
-    tiny("isa_vae", num_steps=6, checkpoint_every=3), str(tmp_path / "b"), allow_config_change=True
-  )
-  step_a, state_a = _final_params(tmp_path / "a")
-  step_b, state_b = _final_params(tmp_path / "b")
-  assert step_a == step_b == 6
-  jax.tree.map(np.testing.assert_array_equal, state_a["params"], state_b["params"])
-  assert full["elbo"] == resumed["elbo"]
-
-
 @pytest.mark.parametrize("num_seeds, seeds", [(1, ""), (2, r" for seed\(s\) \[3, 4\]")])
 def test_nan_stops_with_the_step_and_the_last_good_checkpoint(tmp_path, num_seeds, seeds):
   config = tiny("vae", num_steps=8, learning_rate=1e30, checkpoint_every=2)
@@ -287,47 +272,3 @@ def test_eight_devices_give_the_same_step_as_one():
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "devices 8" in result.stdout and "OK" in result.stdout
-
-
-_DRIVER = textwrap.dedent(
-  """
-  import sys
-  from disentangle_jax.training import train_and_evaluate
-  from tests.training.test_train import tiny
-  train_and_evaluate(tiny("beta_tcvae", num_steps=30, checkpoint_every=5, log_every=5),
-                     sys.argv[1])
-  """
-)
-
-
-def test_a_killed_run_resumes_to_the_same_parameters(tmp_path):
-  """SIGKILL a run after its first checkpoint; rerunning the same command ends where an
-  uninterrupted run ends (bitwise on CPU), and no finished step is lost."""
-  import os
-  import signal
-  import time
-
-  run = lambda workdir: subprocess.Popen(  # noqa: E731
-    [sys.executable, "-c", _DRIVER, str(workdir)],
-    cwd=REPO,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
-  assert run(tmp_path / "whole").wait(timeout=300) == 0
-
-  victim = run(tmp_path / "killed")
-  checkpoints = tmp_path / "killed" / "checkpoints"
-  deadline = time.time() + 300
-  while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
-    assert victim.poll() is None and time.time() < deadline, "run ended before a checkpoint"
-    time.sleep(0.05)
-  os.kill(victim.pid, signal.SIGKILL)
-  victim.wait()
-  saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-  assert saved and saved[-1] < 30, saved
-
-  assert run(tmp_path / "killed").wait(timeout=300) == 0
-  step_a, state_a = _final_params(tmp_path / "whole")
-  step_b, state_b = _final_params(tmp_path / "killed")
-  assert step_a == step_b == 30
-  jax.tree.map(np.testing.assert_array_equal, state_a["params"], state_b["params"])
