@@ -1,5 +1,6 @@
 """ELBO decomposition estimators against brute force on tiny datasets and exact invariants."""
 
+import functools
 import itertools
 import math
 
@@ -29,6 +30,28 @@ def _brute_force_log_q(z, mean, log_var):
   n = mean.shape[0]
   joint = special.logsumexp(log_l.sum(-1), axis=1) - math.log(n)
   return joint, special.logsumexp(log_l, axis=1) - math.log(n)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _mws_terms(z, mean, log_var, dataset_size):
+  l_ijk = obj.pairwise_gaussian_log_density(z, mean, log_var)
+  floor = math.log(dataset_size * z.shape[0])
+  joint, dims = jax.nn.logsumexp(l_ijk.sum(-1), axis=1), jax.nn.logsumexp(l_ijk, axis=1)
+  library = obj.log_aggregate_posterior(
+    z, mean, log_var, dataset_size=dataset_size, estimator="mws"
+  )
+  return joint - floor, dims - floor, library
+
+
+def _mws_joint_and_dims(z, mean, log_var, dataset_size):
+  """MWS log q(z_i) [B] and per-dimension log q(z_ik) [B, K] by hand, checked against the
+  library's joint and summed per-dimension estimates."""
+  joint, dims, (log_qz, log_prod) = _mws_terms(
+    *(jnp.asarray(a) for a in (z, mean, log_var)), dataset_size
+  )
+  np.testing.assert_allclose(log_qz, joint, rtol=1e-12)
+  np.testing.assert_allclose(log_prod, dims.sum(-1), rtol=1e-12)
+  return np.asarray(joint), np.asarray(dims)
 
 
 class PairwiseDensityTest(parameterized.TestCase):
@@ -124,6 +147,57 @@ class MinibatchEstimatorTest(parameterized.TestCase):
     mws = obj.elbo_decomposition(z, mean, log_var, prior, dataset_size=n, estimator="mws")
     np.testing.assert_allclose(mss.tc, 0.0, atol=1e-5)
     np.testing.assert_allclose(mws.tc, (k - 1) * math.log(n), rtol=1e-5)
+
+  def test_mws_estimates_lie_between_own_term_and_log_b_below_exact(self):
+    """Invariant behind the MWS bias: the batch is a subset of the dataset that holds example i,
+    so log q(z_i|x_i) - log(N B) <= MWS estimate <= exact log q(z_i) - log B, joint and per
+    dimension, for any data and any batch."""
+    n, batch, k = 40, 6, 3
+    z, mean, log_var = _posteriors(4, n, k)
+    exact_joint, exact_dims = _brute_force_log_q(z, mean, log_var)
+    own = stats.norm.logpdf(z, mean, np.exp(0.5 * log_var))  # [N, K]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+      idx = rng.choice(n, batch, replace=False)
+      with jax.enable_x64(True):
+        log_qz, log_qzk = _mws_joint_and_dims(z[idx], mean[idx], log_var[idx], n)
+      floor = math.log(n * batch)
+      np.testing.assert_array_less(own[idx].sum(-1) - floor - 1e-9, log_qz)
+      np.testing.assert_array_less(log_qz, exact_joint[idx] - math.log(batch) + 1e-9)
+      np.testing.assert_array_less(own[idx] - floor - 1e-9, log_qzk)
+      np.testing.assert_array_less(log_qzk, exact_dims[idx] - math.log(batch) + 1e-9)
+
+  @parameterized.named_parameters(
+    # All posteriors equal: every sum is representative, each estimate is log N low.
+    ("identical", "identical", lambda k, n, b: (k - 1) * math.log(n)),
+    # Far apart in every dimension: only the own term counts anywhere, each estimate log B low.
+    ("separated", "separated", lambda k, n, b: (k - 1) * math.log(b)),
+    # Joint separated (log B low) but each marginal value shared by a fixed fraction of the
+    # dataset and of the batch (log N low per dimension): the largest bias.
+    ("marginals_shared", "latin", lambda k, n, b: k * math.log(n) - math.log(b)),
+  )
+  def test_mws_tc_bias_depends_on_posterior_overlap(self, design, bias_fn):
+    """Mean MWS TC minus the exact TC (brute force over the dataset) in the three limits."""
+    k, m = 3, 5
+    if design == "latin":  # dataset: all m**k value tuples; batch: (a, a+1, a+2) mod m
+      dataset = np.array(list(itertools.product(range(m), repeat=k)), np.float64)
+      batch_rows = [
+        int(np.flatnonzero((dataset == (np.arange(k) + a) % m).all(1))[0]) for a in range(m)
+      ]
+    else:  # dataset of 60; batch: 6 of its members
+      dataset = np.stack([np.random.default_rng(d).permutation(60) for d in range(k)], 1) * 1.0
+      batch_rows = [3, 10, 17, 25, 41, 59]
+    if design == "identical":
+      dataset = np.zeros_like(dataset)
+    mean = 100.0 * dataset  # 100 posterior stds between distinct values: no overlap
+    log_var = np.zeros_like(mean)
+    n, b = len(mean), len(batch_rows)
+    z = mean[batch_rows] + np.random.default_rng(5).normal(size=(b, k)) * 0.1
+    exact_joint, exact_dims = _brute_force_log_q(z, mean, log_var)
+    with jax.enable_x64(True):
+      log_qz, log_qzk = _mws_joint_and_dims(z, mean[batch_rows], log_var[batch_rows], n)
+    bias = np.mean((log_qz - log_qzk.sum(-1)) - (exact_joint - exact_dims.sum(-1)))
+    np.testing.assert_allclose(bias, bias_fn(k, n, b), rtol=1e-9)
 
   def test_unknown_estimator_is_an_error(self):
     z = jnp.zeros((4, 2))
