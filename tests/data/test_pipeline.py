@@ -49,117 +49,124 @@ def _assert_same(first, second):
       np.testing.assert_array_equal(a[key], b[key])
 
 
-class TestOrder:
-  def test_same_seed_same_batches(self):
-    """Two iterators with one seed yield identical batches (images, factors, indices)."""
-    noisy = variants.NoisyDSprites(dsprites.DSprites(source="render"))
-    first = _collect(noisy, batch_size=8, seed=3, num_steps=4)
-    second = _collect(noisy, batch_size=8, seed=3, num_steps=4)
-    _assert_same(first, second)
-    other = _collect(noisy, batch_size=8, seed=4, num_steps=4)
-    assert not np.array_equal(first[0]["index"], other[0]["index"])
-
-  def test_resume_from_step(self):
-    """start_step=s yields exactly the batches an uninterrupted run yields from step s on."""
-    toy = Toy()
-    full = _collect(toy, batch_size=5, seed=7, num_steps=9)
-    resumed = _collect(toy, batch_size=5, seed=7, start_step=4, num_steps=5)
-    _assert_same(full[4:], resumed)
-
-  def test_epochs_are_permutations(self):
-    """Each epoch visits distinct examples (remainder dropped); epochs differ; keys agree."""
-    toy = Toy()
-    batches = _collect(toy, batch_size=5, seed=1, num_steps=6)  # 2 steps per epoch, 3 epochs
-    epochs = [np.concatenate([b["index"] for b in batches[e : e + 2]]) for e in (0, 2, 4)]
-    for e, indices in enumerate(epochs):
-      assert len(set(indices)) == 10
-      np.testing.assert_array_equal(indices, pipeline.epoch_permutation(12, 1, e)[:10])
-    assert len({tuple(i) for i in epochs}) == 3
-    for b in batches:
-      np.testing.assert_array_equal(b["factors"], toy.index_to_factors(b["index"]))
-      np.testing.assert_array_equal(np.floor(b["image"][:, 0, 0, 0]), b["index"])
-
-  def test_order_is_a_pure_function_of_seed_and_epoch(self):
-    """The permutation depends only on (seed, epoch): recomputed equal, other inputs differ."""
-    a = pipeline.epoch_permutation(1000, 5, 2)
-    np.testing.assert_array_equal(a, pipeline.epoch_permutation(1000, 5, 2))
-    assert not np.array_equal(a, pipeline.epoch_permutation(1000, 5, 3))
-    assert not np.array_equal(a, pipeline.epoch_permutation(1000, 6, 2))
-    np.testing.assert_array_equal(np.sort(a), np.arange(1000))
-
-  def test_iterator_equals_host_batch(self):
-    """The iterator yields host_batch(step) for each step, as float32/int32 arrays."""
-    toy = Toy()
-    batches = _collect(toy, batch_size=4, seed=2, start_step=5, num_steps=3)
-    for offset, batch in enumerate(batches):
-      expected = pipeline.host_batch(toy, 5 + offset, batch_size=4, seed=2)
-      for key in ("image", "factors", "index"):
-        np.testing.assert_array_equal(batch[key], expected[key])
-    assert batches[0]["image"].dtype == np.float32 and batches[0]["factors"].dtype == np.int32
+def test_order_same_seed_same_batches():
+  """Two iterators with one seed yield identical batches (images, factors, indices)."""
+  noisy = variants.NoisyDSprites(dsprites.DSprites(source="render"))
+  first = _collect(noisy, batch_size=8, seed=3, num_steps=4)
+  second = _collect(noisy, batch_size=8, seed=3, num_steps=4)
+  _assert_same(first, second)
+  other = _collect(noisy, batch_size=8, seed=4, num_steps=4)
+  assert not np.array_equal(first[0]["index"], other[0]["index"])
 
 
-class TestIterator:
-  def test_prefetches_in_background(self):
-    """The background thread prepares `prefetch` batches before the consumer asks."""
-    toy = Toy()
-    with pipeline.ShardedBatchIterator(toy, batch_size=4, seed=0, prefetch=3) as batches:
-      deadline = time.monotonic() + 10
-      while toy.calls < 4 and time.monotonic() < deadline:  # 3 queued + 1 waiting to be queued
-        time.sleep(0.01)
-      assert toy.calls == 4
-      next(batches)
-      assert batches.step == 1
+def test_order_resume_from_step():
+  """start_step=s yields exactly the batches an uninterrupted run yields from step s on."""
+  toy = Toy()
+  full = _collect(toy, batch_size=5, seed=7, num_steps=9)
+  resumed = _collect(toy, batch_size=5, seed=7, start_step=4, num_steps=5)
+  _assert_same(full[4:], resumed)
 
-  def test_close_stops_thread(self):
-    """close() ends the producer thread; later next() raises StopIteration."""
-    batches = pipeline.ShardedBatchIterator(Toy(), batch_size=4, seed=0)
+
+def test_order_epochs_are_permutations():
+  """Each epoch visits distinct examples (remainder dropped); epochs differ; keys agree."""
+  toy = Toy()
+  batches = _collect(toy, batch_size=5, seed=1, num_steps=6)  # 2 steps per epoch, 3 epochs
+  epochs = [np.concatenate([b["index"] for b in batches[e : e + 2]]) for e in (0, 2, 4)]
+  for e, indices in enumerate(epochs):
+    assert len(set(indices)) == 10
+    np.testing.assert_array_equal(indices, pipeline.epoch_permutation(12, 1, e)[:10])
+  assert len({tuple(i) for i in epochs}) == 3
+  for b in batches:
+    np.testing.assert_array_equal(b["factors"], toy.index_to_factors(b["index"]))
+    np.testing.assert_array_equal(np.floor(b["image"][:, 0, 0, 0]), b["index"])
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch():
+  """The permutation depends only on (seed, epoch): recomputed equal, other inputs differ."""
+  a = pipeline.epoch_permutation(1000, 5, 2)
+  np.testing.assert_array_equal(a, pipeline.epoch_permutation(1000, 5, 2))
+  assert not np.array_equal(a, pipeline.epoch_permutation(1000, 5, 3))
+  assert not np.array_equal(a, pipeline.epoch_permutation(1000, 6, 2))
+  np.testing.assert_array_equal(np.sort(a), np.arange(1000))
+
+
+def test_order_iterator_equals_host_batch():
+  """The iterator yields host_batch(step) for each step, as float32/int32 arrays."""
+  toy = Toy()
+  batches = _collect(toy, batch_size=4, seed=2, start_step=5, num_steps=3)
+  for offset, batch in enumerate(batches):
+    expected = pipeline.host_batch(toy, 5 + offset, batch_size=4, seed=2)
+    for key in ("image", "factors", "index"):
+      np.testing.assert_array_equal(batch[key], expected[key])
+  assert batches[0]["image"].dtype == np.float32 and batches[0]["factors"].dtype == np.int32
+
+
+def test_iterator_prefetches_in_background():
+  """The background thread prepares `prefetch` batches before the consumer asks."""
+  toy = Toy()
+  with pipeline.ShardedBatchIterator(toy, batch_size=4, seed=0, prefetch=3) as batches:
+    deadline = time.monotonic() + 10
+    while toy.calls < 4 and time.monotonic() < deadline:  # 3 queued + 1 waiting to be queued
+      time.sleep(0.01)
+    assert toy.calls == 4
     next(batches)
-    batches.close()
-    assert not batches._thread.is_alive()
-    with pytest.raises(StopIteration):
-      next(batches)
+    assert batches.step == 1
 
-  def test_producer_errors_reach_the_consumer(self):
-    """An exception while preparing a batch is re-raised by next(), not swallowed."""
-    batches = pipeline.ShardedBatchIterator(Toy(fail_at=2), batch_size=4, seed=0)
+
+def test_iterator_close_stops_thread():
+  """close() ends the producer thread; later next() raises StopIteration."""
+  batches = pipeline.ShardedBatchIterator(Toy(), batch_size=4, seed=0)
+  next(batches)
+  batches.close()
+  assert not batches._thread.is_alive()
+  with pytest.raises(StopIteration):
     next(batches)
+
+
+def test_iterator_producer_errors_reach_the_consumer():
+  """An exception while preparing a batch is re-raised by next(), not swallowed."""
+  batches = pipeline.ShardedBatchIterator(Toy(fail_at=2), batch_size=4, seed=0)
+  next(batches)
+  next(batches)
+  with pytest.raises(RuntimeError, match="broken source"):
     next(batches)
-    with pytest.raises(RuntimeError, match="broken source"):
-      next(batches)
-    assert not batches._thread.is_alive()
+  assert not batches._thread.is_alive()
 
-  def test_finite_run_ends(self):
-    """num_steps batches, then StopIteration; the thread is gone."""
-    batches = pipeline.ShardedBatchIterator(Toy(), batch_size=4, seed=0, num_steps=2)
-    assert len(list(batches)) == 2
-    assert not batches._thread.is_alive()
 
-  @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-      ({"batch_size": 13}, "batch_size must be in"),
-      ({"batch_size": 4, "seed": -1}, "seed"),
-      ({"batch_size": 4, "start_step": -1}, "start_step"),
-      ({"batch_size": 4, "prefetch": 0}, "prefetch"),
-      ({"batch_size": 4, "axis_name": "model"}, "no data axis"),
-    ],
+def test_iterator_finite_run_ends():
+  """num_steps batches, then StopIteration; the thread is gone."""
+  batches = pipeline.ShardedBatchIterator(Toy(), batch_size=4, seed=0, num_steps=2)
+  assert len(list(batches)) == 2
+  assert not batches._thread.is_alive()
+
+
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    ({"batch_size": 13}, "batch_size must be in"),
+    ({"batch_size": 4, "seed": -1}, "seed"),
+    ({"batch_size": 4, "start_step": -1}, "start_step"),
+    ({"batch_size": 4, "prefetch": 0}, "prefetch"),
+    ({"batch_size": 4, "axis_name": "model"}, "no data axis"),
+  ],
+)
+def test_iterator_bad_arguments(kwargs, match):
+  """Invalid sizes, seeds, steps and axis names raise ValueError naming the value."""
+  kwargs.setdefault("seed", 0)
+  mesh = pipeline.make_data_mesh() if "axis_name" in kwargs else None
+  with pytest.raises(ValueError, match=match):
+    pipeline.ShardedBatchIterator(Toy(), mesh=mesh, **kwargs)
+
+
+def test_iterator_single_device_mesh():
+  """On one device the batch is a NamedSharding over the 'data' axis of the helper's mesh."""
+  mesh = pipeline.make_data_mesh()
+  assert mesh.axis_names == ("data",) and mesh.devices.size == jax.device_count()
+  with pipeline.ShardedBatchIterator(Toy(), batch_size=4, seed=0, mesh=mesh) as batches:
+    batch = next(batches)
+  assert batch["image"].sharding == jax.sharding.NamedSharding(
+    mesh, jax.sharding.PartitionSpec("data")
   )
-  def test_bad_arguments(self, kwargs, match):
-    """Invalid sizes, seeds, steps and axis names raise ValueError naming the value."""
-    kwargs.setdefault("seed", 0)
-    mesh = pipeline.make_data_mesh() if "axis_name" in kwargs else None
-    with pytest.raises(ValueError, match=match):
-      pipeline.ShardedBatchIterator(Toy(), mesh=mesh, **kwargs)
-
-  def test_single_device_mesh(self):
-    """On one device the batch is a NamedSharding over the 'data' axis of the helper's mesh."""
-    mesh = pipeline.make_data_mesh()
-    assert mesh.axis_names == ("data",) and mesh.devices.size == jax.device_count()
-    with pipeline.ShardedBatchIterator(Toy(), batch_size=4, seed=0, mesh=mesh) as batches:
-      batch = next(batches)
-    assert batch["image"].sharding == jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec("data")
-    )
 
 
 _MULTI_DEVICE_SCRIPT = textwrap.dedent(
