@@ -22,22 +22,17 @@ References:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from disentangle_jax.data.ground_truth import GroundTruthData, RngLike, as_rng
-from disentangle_jax.distributions.gaussian_mixture import (
-  gaussian_mixture_log_marginals,
-  per_dimension_groups,
-)
+from disentangle_jax.distributions.gaussian_mixture import per_dimension_groups
 from disentangle_jax.metrics import utils
-
-EncodeFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-"""images float32 [B, H, W, C] -> (mean [B, K], log_var [B, K]) of the Gaussian posterior."""
+from disentangle_jax.metrics.chen import chen_mutual_information as chen_mutual_information
+from disentangle_jax.metrics.chen import discrete_factor_mutual_information
+from disentangle_jax.metrics.encoding import EncodeFn as EncodeFn
+from disentangle_jax.metrics.encoding import Encoding, as_encoding, encode_all
 
 _DSPRITES = (("shape", "scale", "orientation", "posX", "posY"), (3, 6, 40, 32, 32))
 
@@ -96,9 +91,12 @@ def encode_dataset(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Posterior parameters of every example of the dataset, in index order.
 
+  `encoding.encode_all` without the categorical codes (an encoder may still return them); the
+  first batch is checked before the rest is encoded.
+
   Args:
     dataset: the ground-truth dataset (all `num_examples` examples are encoded).
-    encode_fn: images [B, H, W, C] -> (mean [B, K], log_var [B, K]).
+    encode_fn: images [B, H, W, C] -> (mean [B, K], log_var [B, K][, discrete]).
     rng: generator for datasets with random observations (colour, noise); ignored otherwise.
     batch_size: images per call.
     log_every_seconds: interval of the progress line.
@@ -106,153 +104,55 @@ def encode_dataset(
   Returns:
     (mean float32 [N, K], log_var float32 [N, K], factors int64 [N, F]).
   """
-  rng = as_rng(rng if rng is not None else 0)
-  num = dataset.num_examples
-  means, log_vars = [], []
-  start_time = last_log = time.perf_counter()
-  for start in range(0, num, batch_size):
-    images = dataset.observations_from_indices(np.arange(start, min(start + batch_size, num)), rng)
-    mean, log_var = encode_fn(images)
-    means.append(np.asarray(mean, np.float32))
-    log_vars.append(np.asarray(log_var, np.float32))
-    if time.perf_counter() - last_log > log_every_seconds:
-      last_log = time.perf_counter()
-      done = start + len(images)
-      logging.info(
-        "encoding the dataset: %d/%d (%.0f images/s)", done, num, done / (last_log - start_time)
-      )
-  factors = dataset.index_to_factors(np.arange(num))
-  return np.concatenate(means), np.concatenate(log_vars), factors
-
-
-def _entropy(
-  z: np.ndarray,
-  mean: np.ndarray,
-  log_var: np.ndarray,
-  groups,
-  rng: np.random.Generator,
-  num_samples: int,
-  chunk_size: int,
-) -> np.ndarray:
-  """H(z_g) [G] of the mixture of the given posteriors, from up to `num_samples` of their z."""
-  chosen = rng.permutation(len(z))[:num_samples]
-  log_q = gaussian_mixture_log_marginals(
-    jnp.asarray(z[chosen]),
-    jnp.asarray(mean),
-    jnp.asarray(log_var),
-    groups=groups,
-    chunk_size=chunk_size,
+  encoded = encode_all(
+    dataset, encode_fn, rng, batch_size=batch_size, log_every_seconds=log_every_seconds
   )
-  return -np.mean(np.asarray(log_q, np.float64), axis=0)
-
-
-def chen_mutual_information(
-  mean: np.ndarray,
-  log_var: np.ndarray,
-  factors: np.ndarray,
-  rng: RngLike,
-  *,
-  groups: Sequence[Sequence[int]] | None = None,
-  num_samples: int = 10_000,
-  chunk_size: int = 1024,
-  factor_names: Sequence[str] | None = None,
-) -> dict[str, np.ndarray]:
-  """Mutual information between each latent (or group) and each factor, Chen et al.'s way.
-
-  One z_n ~ q(z|x_n) is drawn per example. Entropies of the aggregate posterior
-  q(z_g) = (1/N) sum_n q(z_g|x_n) are estimated as H(z_g) = -mean_s log q(z_sg) over up to
-  `num_samples` of these z, with log q(z_sg) exact over all N posteriors. The conditional
-  entropy restricts both to the examples with v_k = v:
-    H(z_g | v_k) = sum_v p(v) H(z_g | v_k = v),   I(z_g; v_k) = H(z_g) - H(z_g | v_k).
-
-  Args:
-    mean: [N, K] posterior means of every example.
-    log_var: [N, K] posterior log-variances.
-    factors: int [N, F] factor values of the examples.
-    rng: `np.random.Generator` or int seed (the z draws and the subsets of samples).
-    groups: latent index groups treated as one variable each (ISA subspaces); default, one
-      group per latent.
-    num_samples: at most this many z per entropy estimate (Chen et al.: 10,000).
-    chunk_size: posteriors per step of the compiled log-sum-exp (memory K x S x chunk floats).
-    factor_names: names for the progress log.
-
-  Returns:
-    dict with "mutual_information" [G, F], "marginal_entropy" [G] and "conditional_entropy"
-    [G, F], in nats.
-
-  References:
-    Chen et al., `Isolating Sources of Disentanglement in Variational Autoencoders
-    <https://arxiv.org/abs/1802.04942>`_, NeurIPS 2018.
-  """
-  rng = as_rng(rng, required=True, what="chen_mutual_information")
-  mean = np.asarray(mean, np.float32)
-  log_var = np.asarray(log_var, np.float32)
-  factors = np.asarray(factors)
-  if mean.ndim != 2 or mean.shape != log_var.shape or factors.shape[:1] != mean.shape[:1]:
-    raise ValueError(
-      f"chen_mutual_information needs mean, log_var [N, K] and factors [N, F]; got "
-      f"{mean.shape}, {log_var.shape}, {factors.shape}."
-    )
-  num, num_latents = mean.shape
-  groups = per_dimension_groups(num_latents) if groups is None else tuple(map(tuple, groups))
-  names = factor_names or [f"factor {k}" for k in range(factors.shape[1])]
-  noise = rng.standard_normal(mean.shape, dtype=np.float32)
-  z = mean + np.exp(0.5 * log_var) * noise
-
-  start = time.perf_counter()
-  marginal = _entropy(z, mean, log_var, groups, rng, num_samples, chunk_size)
-  conditional = np.zeros((len(groups), factors.shape[1]))
-  for k in range(factors.shape[1]):
-    for value in np.unique(factors[:, k]):
-      members = np.flatnonzero(factors[:, k] == value)
-      h = _entropy(
-        z[members], mean[members], log_var[members], groups, rng, num_samples, chunk_size
-      )
-      conditional[:, k] += h * len(members) / num
-    logging.info(
-      "MIG (Chen et al.): H(z | %s) done, %.0f s elapsed", names[k], time.perf_counter() - start
-    )
-  return {
-    "mutual_information": marginal[:, None] - conditional,
-    "marginal_entropy": marginal,
-    "conditional_entropy": conditional,
-  }
+  return encoded.mean, encoded.log_var, encoded.factors
 
 
 def compute_mig_chen(
   dataset: GroundTruthData,
-  encode_fn: EncodeFn,
+  encode_fn: EncodeFn | None,
   rng: RngLike,
   *,
   scored_factors: Sequence[str] | None = None,
   subspaces: Sequence[Sequence[int]] | None = None,
   num_samples: int = 10_000,
   batch_size: int = 2048,
-  chunk_size: int = 1024,
-  encoded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+  chunk_size: int | None = None,
+  sampling: str = "shared",
+  encoded: Encoding | tuple | None = None,
 ) -> dict:
-  """Chen et al.'s MIG over the whole dataset (see `chen_mutual_information`).
+  """Chen et al.'s MIG over the whole dataset (see `chen.chen_mutual_information`).
 
   The factor entropies are H(v_k) = log |V_k|, exact for a full grid of factors. With
   `subspaces` (e.g. an ISA layout's `tree.subspace_slices()` as ranges of latents) each subspace
-  is one variable, the ISA-VAE paper's subspace MIG.
+  is one variable, the ISA-VAE paper's subspace MIG. Categorical codes of the encoding
+  (JointVAE) are more variables, their MI with each factor from counts over the dataset; the gap
+  is taken over all variables.
 
   Args:
     dataset: the ground-truth dataset; every example is encoded.
-    encode_fn: images [B, H, W, C] -> (mean [B, K], log_var [B, K]).
+    encode_fn: images [B, H, W, C] -> (mean [B, K], log_var [B, K][, discrete]); unused when
+      `encoded` is given.
     rng: `np.random.Generator` or int seed.
     scored_factors: names of the factors MIG averages over; default `default_mig_factors`
       (all but shape on dSprites). MI is computed for every factor regardless.
     subspaces: groups of latent indices, one variable each; default one per latent.
     num_samples: samples per entropy estimate.
     batch_size: images per encoder call.
-    chunk_size: posteriors per step of the log-sum-exp.
-    encoded: (mean, log_var, factors) from `encode_dataset`, to skip encoding again.
+    chunk_size: posteriors per step of the log-sum-exp; None picks one.
+    sampling: "shared" (one pass over the posteriors, default) or "per_value" (Chen et al.'s
+      code: one estimate per factor value); see `chen`.
+    encoded: an `Encoding` or (mean, log_var, factors[, discrete]) from `encode_all` /
+      `encode_dataset`, to skip encoding again.
 
   Returns:
     dict with "mig", "mig_per_factor" {name: gap}, "scored_factors", "mutual_information"
-    [G][F] and "factor_entropies" [F] (nats), "num_examples", "variables" ("latents" or
-    "subspaces") and "groups".
+    [V][F] and "factor_entropies" [F] (nats), "variable_names" [V] (V = groups, then the
+    categorical codes), "num_examples", "num_samples", "sampling", "variables" ("latents" or
+    "subspaces") and "groups"; with shared sampling also "mutual_information_stderr" [V][F]
+    (0 for the exact categorical rows).
 
   References:
     Chen et al., `Isolating Sources of Disentanglement in Variational Autoencoders
@@ -266,11 +166,12 @@ def compute_mig_chen(
   unknown = [name for name in scored if name not in names]
   if unknown or not scored:
     raise ValueError(f"scored_factors {scored} must be a non-empty subset of {names}.")
-  mean, log_var, factors = (
-    encoded
-    if encoded is not None
-    else encode_dataset(dataset, encode_fn, rng, batch_size=batch_size)
-  )
+  if encoded is None:
+    if encode_fn is None:
+      raise ValueError("compute_mig_chen needs encode_fn or encoded.")
+    encoded = encode_all(dataset, encode_fn, rng, batch_size=batch_size)
+  encoded = as_encoding(encoded)
+  mean, log_var, factors = encoded.mean, encoded.log_var, encoded.factors
   if len(mean) != dataset.num_examples:
     raise ValueError(f"encoded holds {len(mean)} examples; the dataset has {dataset.num_examples}.")
   groups = per_dimension_groups(mean.shape[1]) if subspaces is None else subspaces
@@ -283,27 +184,43 @@ def compute_mig_chen(
     num_samples=num_samples,
     chunk_size=chunk_size,
     factor_names=names,
+    sampling=sampling,
   )
+  mi = result["mutual_information"]
+  stderr = result.get("mutual_information_stderr")
+  variable_names = [f"z{g[0]}" if len(g) == 1 else f"z{g[0]}-{g[-1]}" for g in map(tuple, groups)]
+  if encoded.discrete is not None:
+    discrete_mi = discrete_factor_mutual_information(encoded.discrete, factors)
+    mi = np.concatenate([mi, discrete_mi])
+    if stderr is not None:
+      stderr = np.concatenate([stderr, np.zeros_like(discrete_mi)])
+    variable_names += [f"c{i}" for i in range(encoded.num_discrete)]
   columns = [names.index(name) for name in scored]
   entropies = np.log(np.asarray(dataset.factor_sizes, np.float64))
-  mig, gaps = mutual_information_gap(result["mutual_information"][:, columns], entropies[columns])
-  return {
+  mig, gaps = mutual_information_gap(mi[:, columns], entropies[columns])
+  out = {
     "mig": mig,
     "mig_per_factor": dict(zip(scored, map(float, gaps), strict=True)),
     "scored_factors": list(scored),
-    "mutual_information": result["mutual_information"].tolist(),
+    "mutual_information": mi.tolist(),
     "factor_entropies": entropies.tolist(),
+    "variable_names": variable_names,
     "num_examples": int(len(mean)),
+    "num_samples": int(result["num_samples"]),
+    "sampling": sampling,
     "variables": "latents" if subspaces is None else "subspaces",
     "groups": [list(map(int, g)) for g in groups],
   }
+  if stderr is not None:
+    out["mutual_information_stderr"] = stderr.tolist()
+  return out
 
 
 # ---------------------------------------------------------------------- disentanglement_lib
 
 
 def mig_from_codes(
-  codes: np.ndarray, factors: np.ndarray, *, num_bins: int = 20
+  codes: np.ndarray, factors: np.ndarray, *, num_bins: int = 20, num_discrete: int = 0
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
   """disentanglement_lib's MIG from sampled codes and factors.
 
@@ -311,14 +228,16 @@ def mig_from_codes(
     H_k = plug-in H(v_k); MIG = mean_k (I sorted over j: I[0, k] - I[1, k]) / H_k.
 
   Args:
-    codes: [N, K] continuous codes (K >= 2).
+    codes: [N, K] continuous codes (K >= 2), the last `num_discrete` categorical (not binned).
     factors: int [N, F].
     num_bins: equal-width bins per latent.
+    num_discrete: trailing categorical columns of `codes`.
 
   Returns:
     (MIG, per-factor gaps [F], MI [K, F], factor entropies [F]); nats.
   """
-  mi = utils.discrete_mutual_info(utils.histogram_discretize(codes, num_bins=num_bins), factors)
+  binned = utils.histogram_discretize(codes, num_bins=num_bins, num_discrete=num_discrete)
+  mi = utils.discrete_mutual_info(binned, factors)
   entropies = utils.discrete_entropy(factors)
   constant = entropies <= 0
   if constant.any():
@@ -335,16 +254,19 @@ def compute_mig_dlib(
   num_train: int = 10_000,
   num_bins: int = 20,
   batch_size: int = 256,
+  num_discrete: int = 0,
 ) -> dict:
   """disentanglement_lib's MIG: `num_train` random examples, binned mean codes, all factors.
 
   Args:
     dataset: the ground-truth dataset.
-    representation_fn: images [B, H, W, C] -> codes [B, K] (the posterior means).
+    representation_fn: images [B, H, W, C] -> codes [B, K] (the posterior means), or a
+      `CodeTable`.
     rng: `np.random.Generator` or int seed.
     num_train: examples drawn.
     num_bins: equal-width bins per latent.
     batch_size: images per encoder call.
+    num_discrete: trailing code columns that are categorical codes (kept, not binned).
 
   Returns:
     dict with "mig", "mig_per_factor" {name: gap}, "mutual_information" [K][F] and
@@ -362,7 +284,9 @@ def compute_mig_dlib(
   codes, factors = utils.sample_codes_and_factors(
     dataset, representation_fn, num_train, rng, batch_size=batch_size
   )
-  mig, gaps, mi, entropies = mig_from_codes(codes, factors, num_bins=num_bins)
+  mig, gaps, mi, entropies = mig_from_codes(
+    codes, factors, num_bins=num_bins, num_discrete=num_discrete
+  )
   return {
     "mig": mig,
     "mig_per_factor": dict(zip(dataset.factor_names, map(float, gaps), strict=True)),

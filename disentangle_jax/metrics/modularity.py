@@ -118,6 +118,7 @@ def compute_modularity_explicitness(
   num_test: int = 5_000,
   num_bins: int = 20,
   batch_size: int = 256,
+  num_discrete: int = 0,
 ) -> dict[str, float | list]:
   """Modularity and explicitness of a representation (see the module docstring).
 
@@ -127,12 +128,14 @@ def compute_modularity_explicitness(
 
   Args:
     dataset: the ground-truth dataset (F >= 2 factors).
-    representation_fn: images [B, H, W, C] -> codes [B, K] (the posterior means).
+    representation_fn: images [B, H, W, C] -> codes [B, K] (the posterior means), or a
+      `CodeTable`.
     rng: `np.random.Generator` or int seed.
     num_train: training points (disentanglement_lib: 10,000).
     num_test: test points (5,000).
     num_bins: bins per latent for the mutual information (20).
     batch_size: images encoded per call.
+    num_discrete: trailing code columns that are categorical codes (kept, not binned).
 
   Returns:
     dict with "modularity_score", "explicitness_score_train", "explicitness_score_test",
@@ -158,7 +161,8 @@ def compute_modularity_explicitness(
     dataset, representation_fn, num_test, rng, **kwargs
   )
   mi = utils.discrete_mutual_info(
-    utils.histogram_discretize(codes_train, num_bins=num_bins), factors_train
+    utils.histogram_discretize(codes_train, num_bins=num_bins, num_discrete=num_discrete),
+    factors_train,
   )
   per_latent = modularity_per_latent(mi)
   train_std, test_std = utils.normalize(codes_train, codes_test)

@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import sklearn.metrics
 
 from disentangle_jax.data.ground_truth import GroundTruthData, RngLike, as_rng
+from disentangle_jax.metrics.encoding import CodeTable
 
-RepresentationFn = Callable[[np.ndarray], np.ndarray]
-"""images float32 [B, H, W, C] in [0, 1] -> codes [B, K] (numpy or JAX)."""
+RepresentationFn = Callable[[np.ndarray], np.ndarray] | CodeTable
+"""images float32 [B, H, W, C] in [0, 1] -> codes [B, K] (numpy or JAX); or a `CodeTable`, the
+codes of every example of a deterministic dataset, looked up by factors instead."""
 
 
 def represent(
@@ -59,7 +60,7 @@ def sample_codes_and_factors(
 
   Args:
     dataset: the ground-truth dataset.
-    representation_fn: images [B, H, W, C] -> codes [B, K].
+    representation_fn: images [B, H, W, C] -> codes [B, K], or a `CodeTable`.
     num_points: N.
     rng: `np.random.Generator` or int seed (factors and observation noise).
     batch_size: images rendered and encoded per call.
@@ -73,42 +74,65 @@ def sample_codes_and_factors(
   codes, factors = [], []
   for start in range(0, num_points, batch_size):
     f = dataset.sample_factors(min(batch_size, num_points - start), rng)
-    codes.append(represent(representation_fn, dataset.observations_from_factors(f, rng)))
+    if isinstance(representation_fn, CodeTable):
+      codes.append(representation_fn.lookup(dataset, f))
+    else:
+      codes.append(represent(representation_fn, dataset.observations_from_factors(f, rng)))
     factors.append(f)
   return np.concatenate(codes), np.concatenate(factors)
 
 
-def histogram_discretize(codes: np.ndarray, *, num_bins: int = 20) -> np.ndarray:
+def histogram_discretize(
+  codes: np.ndarray, *, num_bins: int = 20, num_discrete: int = 0
+) -> np.ndarray:
   """Bins each latent into `num_bins` equal-width bins spanning its observed range.
 
   The convention of disentanglement_lib's MIG and modularity: bin edges from
-  `np.histogram(codes[:, k], num_bins)`; a value's bin is the number of left edges <= it, so
-  bins are 1..num_bins and the maximum falls in the last bin.
+  `np.histogram(codes[..., k], num_bins)`; a value's bin is the number of left edges <= it, so
+  bins are 1..num_bins and the maximum falls in the last bin. The last `num_discrete` columns
+  are categorical codes, already discrete: they are kept as they are.
 
   Args:
-    codes: [N, K] continuous codes.
+    codes: [N, K] continuous codes, or [M, N, K] for a stack of M models (each binned over its
+      own range).
     num_bins: bins per latent.
+    num_discrete: C, trailing columns that are categorical codes (not binned).
 
   Returns:
-    int64 [N, K] bin numbers in 1..num_bins.
+    int64 of the shape of `codes`, bin numbers in 1..num_bins (categorical codes unchanged).
   """
   codes = np.asarray(codes)
-  if codes.ndim != 2:
-    raise ValueError(f"histogram_discretize needs codes [N, K]; got shape {codes.shape}.")
+  if codes.ndim not in (2, 3):
+    raise ValueError(
+      f"histogram_discretize needs codes [N, K] (or [M, N, K]); got shape {codes.shape}."
+    )
   if num_bins < 1:
     raise ValueError(f"num_bins must be positive, got {num_bins}.")
-  out = np.empty(codes.shape, dtype=np.int64)
-  for k in range(codes.shape[1]):
-    left_edges = np.histogram(codes[:, k], num_bins)[1][:-1]
-    out[:, k] = np.digitize(codes[:, k], left_edges)
-  return out
+  if not 0 <= num_discrete <= codes.shape[-1]:
+    raise ValueError(f"num_discrete {num_discrete} is not in [0, {codes.shape[-1]}].")
+  continuous = codes[..., : codes.shape[-1] - num_discrete].astype(np.float64)
+  low, high = continuous.min(axis=-2), continuous.max(axis=-2)  # [(M,) K]
+  # np.histogram's edges, for every latent at once: a constant latent spans [x - 0.5, x + 0.5].
+  flat = low == high
+  low, high = np.where(flat, low - 0.5, low), np.where(flat, high + 0.5, high)
+  left_edges = np.linspace(low, high, num_bins + 1)[:-1]  # [bins, (M,) K]
+  bins = np.zeros(continuous.shape, np.int64)
+  for edge in left_edges:  # np.digitize: the number of left edges <= x
+    bins += continuous >= np.expand_dims(edge, -2)
+  discrete = codes[..., codes.shape[-1] - num_discrete :]
+  return np.concatenate([bins, np.rint(discrete).astype(np.int64)], axis=-1)
+
+
+def _dense_labels(column: np.ndarray) -> tuple[np.ndarray, int]:
+  values, inverse = np.unique(column, return_inverse=True)
+  return inverse.reshape(-1), len(values)
 
 
 def discrete_mutual_info(codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
   """Plug-in mutual information (nats) between every discrete latent and every factor.
 
   Formula: I(c; v) = sum_{a,b} p(a, b) log(p(a, b) / (p(a) p(b))), with empirical frequencies
-  (`sklearn.metrics.mutual_info_score`).
+  (the value of `sklearn.metrics.mutual_info_score`, from counts).
 
   Args:
     codes: int [N, K] discretised codes.
@@ -118,18 +142,23 @@ def discrete_mutual_info(codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
     float64 [K, F].
   """
   codes, factors = np.asarray(codes), np.asarray(factors)
-  if codes.ndim != 2 or factors.ndim != 2 or len(codes) != len(factors):
+  if codes.ndim != 2 or factors.ndim != 2 or len(codes) != len(factors) or len(codes) == 0:
     raise ValueError(
-      f"discrete_mutual_info needs codes [N, K] and factors [N, F]; got {codes.shape} and "
-      f"{factors.shape}."
+      f"discrete_mutual_info needs codes [N, K] and factors [N, F] (N >= 1); got {codes.shape} "
+      f"and {factors.shape}."
     )
-  mi = sklearn.metrics.mutual_info_score
-  return np.array(
-    [
-      [mi(factors[:, f], codes[:, k]) for f in range(factors.shape[1])]
-      for k in range(codes.shape[1])
-    ]
-  )
+  num = len(codes)
+  code_labels = [_dense_labels(codes[:, k]) for k in range(codes.shape[1])]
+  factor_labels = [_dense_labels(factors[:, f]) for f in range(factors.shape[1])]
+  out = np.zeros((codes.shape[1], factors.shape[1]))
+  for k, (a, num_a) in enumerate(code_labels):
+    for f, (b, num_b) in enumerate(factor_labels):
+      joint = np.bincount(a * num_b + b, minlength=num_a * num_b).reshape(num_a, num_b)
+      nonzero = joint > 0
+      outer = np.outer(joint.sum(axis=1), joint.sum(axis=0))
+      terms = joint[nonzero] * (np.log(joint[nonzero]) + np.log(num) - np.log(outer[nonzero]))
+      out[k, f] = max(float(np.sum(terms) / num), 0.0)
+  return out
 
 
 def discrete_entropy(factors: np.ndarray) -> np.ndarray:
@@ -142,10 +171,13 @@ def discrete_entropy(factors: np.ndarray) -> np.ndarray:
     float64 [F].
   """
   factors = np.asarray(factors)
-  if factors.ndim != 2:
-    raise ValueError(f"discrete_entropy needs an array [N, F]; got shape {factors.shape}.")
-  mi = sklearn.metrics.mutual_info_score
-  return np.array([mi(factors[:, f], factors[:, f]) for f in range(factors.shape[1])])
+  if factors.ndim != 2 or len(factors) == 0:
+    raise ValueError(f"discrete_entropy needs an array [N, F] (N >= 1); got shape {factors.shape}.")
+  out = np.zeros(factors.shape[1])
+  for f in range(factors.shape[1]):
+    p = np.bincount(_dense_labels(factors[:, f])[0]) / len(factors)
+    out[f] = float(-np.sum(p * np.log(p)))
+  return out
 
 
 def codes_of_factors(
@@ -160,7 +192,7 @@ def codes_of_factors(
 
   Args:
     dataset: the ground-truth dataset.
-    representation_fn: images [B, H, W, C] -> codes [B, K].
+    representation_fn: images [B, H, W, C] -> codes [B, K], or a `CodeTable`.
     factors: int [N, F] factor class indices.
     rng: `np.random.Generator` or int seed (observation noise of random datasets).
     batch_size: images rendered and encoded per call.
@@ -169,6 +201,8 @@ def codes_of_factors(
     float64 [N, K].
   """
   rng = as_rng(rng, required=True, what="codes_of_factors")
+  if isinstance(representation_fn, CodeTable):
+    return representation_fn.lookup(dataset, factors)
   parts = []
   for start in range(0, len(factors), batch_size):
     images = dataset.observations_from_factors(factors[start : start + batch_size], rng)
