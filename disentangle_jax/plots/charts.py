@@ -31,10 +31,12 @@ def mutual_information_heatmap(
 
   Latents stay in their order (rows). In each factor's column the most informative latent is
   boxed and its value written in bold: a disentangled code has one box per row at most, and a
-  large gap between the boxed value and the rest of its column (the MIG).
+  large gap between the boxed value and the rest of its column (the MIG). Mutual information is
+  non-negative; an estimate below 0 (sampling noise of Chen et al.'s estimator) is shown as 0,
+  as MIG clamps it before taking the gap, and the colour bar's label says so.
 
   Args:
-    mi: [K, F] mutual information I(z_j; v_k) in nats.
+    mi: [K, F] mutual information I(z_j; v_k) in nats (estimates; negative ones shown as 0).
     latent_names: [K] row names; default "z0" .. "z{K-1}".
     factor_names: [F] column names.
     normalized_by: [F] positive factor entropies H(v_k) in nats: shows I(z_j; v_k) / H(v_k) on
@@ -61,9 +63,11 @@ def mutual_information_heatmap(
     default_prefix="v",
     what=f"mutual_information_heatmap needs factor_names [F] {shape}",
   )
+  clamped = np.any(mi < 0)  # NaN compares False
+  mi = np.where(mi < 0, 0.0, mi)
   if normalized_by is None:
     values, label = mi, "I(z; v) [nats]"
-    vmin, vmax = min(0.0, np.nanmin(mi)), max(np.nanmax(mi), 1e-12)
+    vmin, vmax = 0.0, max(np.nanmax(mi), 1e-12)
   else:
     entropies = check_vector(
       normalized_by, num_factors, what=f"mutual_information_heatmap needs normalized_by [F] {shape}"
@@ -73,6 +77,8 @@ def mutual_information_heatmap(
         f"mutual_information_heatmap needs positive factor entropies normalized_by; got {entropies}"
       )
     values, label, vmin, vmax = mi / entropies, "I(z; v) / H(v)", 0.0, 1.0
+  if clamped:
+    label += " (estimates < 0 shown as 0)"
 
   fig = new_figure(2.6 + 0.75 * num_factors, 1.3 + 0.4 * num_latents)
   ax = fig.add_subplot()

@@ -175,6 +175,23 @@ def test_mutual_information_heatmap_normalized_by_entropy():
   assert best_boxes(ax) == sorted((f - 0.5, k - 0.5) for f, k in enumerate(BEST))
 
 
+@pytest.mark.parametrize("entropies", [None, np.array([4.0, 2.0, 1.0])])
+def test_mutual_information_heatmap_shows_negative_estimates_as_zero(entropies):
+  # Chen et al.'s estimates can dip below 0 (sampling noise); MIG clamps them at 0, and so
+  # does the picture: no negative cell, value or colour, and the colour bar says so.
+  mi = MI.copy()
+  mi[3, 0] = -0.03
+  fig = plots.mutual_information_heatmap(mi, factor_names=["u", "v", "w"], normalized_by=entropies)
+  ax = fig.axes[0]
+  assert np.min(ax.images[0].get_array()) == 0.0
+  assert ax.images[0].get_clim()[0] == 0.0
+  assert text_at(ax, 0, 3).get_text() == "0.00"
+  assert "< 0 shown as 0" in fig.axes[1].get_ylabel()
+  # Without negative estimates the label does not mention it.
+  clean = plots.mutual_information_heatmap(MI, factor_names=["u", "v", "w"])
+  assert "shown as 0" not in clean.axes[1].get_ylabel()
+
+
 @pytest.mark.parametrize(
   "mi, kwargs, match",
   [
