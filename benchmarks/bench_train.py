@@ -73,18 +73,22 @@ def main():
   args = parser.parse_args()
   print(common.machine())
   print(f"host memory: {host_memory.describe()}")
-  print(f"{'arch':5s} {'batch':>6s} {'conv_impl':>9s} {'compile_s':>10s} {'step_ms':>9s} {'img/s':>8s}")
+  header = ("arch", "batch", "conv_impl", "compile_s", "step_ms", "img/s")
+  print(" ".join(f"{h:>9s}" for h in header))
   bare = {}
   for arch in args.archs:
     impl = args.conv_impl if arch == "conv" else "-"
     for b in args.batch_sizes:
       compile_s, t = bare_step(arch, b, args.conv_impl, args.repeats, args.max_seconds)
       bare[arch, b] = t
-      print(f"{arch:5s} {b:6d} {impl:>9s} {compile_s:10.2f} {1e3 * t:9.1f} {b / t:8.0f}", flush=True)
+      row = (arch, str(b), impl, f"{compile_s:.2f}", f"{1e3 * t:.1f}", f"{b / t:.0f}")
+      print(" ".join(f"{v:>9s}" for v in row), flush=True)
   if args.loop_steps:
     for arch in args.archs:
       b = args.loop_batch
-      t = bare.get((arch, b)) or bare_step(arch, b, args.conv_impl, args.repeats, args.max_seconds)[1]
+      t = bare.get((arch, b))
+      if t is None:
+        t = bare_step(arch, b, args.conv_impl, args.repeats, args.max_seconds)[1]
       rate = loop_rate(arch, b, args.conv_impl, args.loop_steps)
       print(
         f"main loop {arch} batch {b}: {rate:.2f} steps/s vs bare step {1 / t:.2f} steps/s "

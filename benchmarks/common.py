@@ -26,7 +26,8 @@ def machine() -> str:
   try:
     with open("/proc/cpuinfo") as f:
       info = f.read()
-    model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line)
+    names = (line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line)
+    model = next(names)
     flags = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else ""
   except (OSError, StopIteration):
     pass
@@ -39,7 +40,8 @@ def machine() -> str:
 
 def experiment_config(name: str, arg: str | None = None, **overrides) -> ml_collections.ConfigDict:
   """experiments/configs/<name>.py's get_config(arg), with dotted-key overrides, locked."""
-  spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / "configs" / f"{name}.py")
+  path = REPO / "experiments" / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(arg)

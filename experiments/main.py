@@ -9,7 +9,6 @@ saves a checkpoint of the step reached first. A workdir holding a run of another
 refused unless --allow_config_change.
 """
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -23,9 +22,6 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
   "Continue the workdir's run with a config that differs from its config.json (e.g. more "
   "num_steps).",
 )
-_DISTRIBUTED = flags.DEFINE_bool(
-  "distributed", False, "Call jax.distributed.initialize() first (one process per host)."
-)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,9 +29,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.set_up_logging()
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()  # coordinator and process ids from the cluster's environment
   with cli.one_line_errors():
+    cli.initialize_distributed()
     train_and_evaluate(
       _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
     )

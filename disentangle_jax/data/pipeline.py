@@ -56,6 +56,8 @@ def host_batch(
   batch_size: int,
   seed: int,
   permutation: np.ndarray | None = None,
+  rows: slice | None = None,
+  images: bool = True,
 ) -> dict[str, np.ndarray]:
   """The numpy batch of global step `step`; what the iterator shards and yields.
 
@@ -65,23 +67,51 @@ def host_batch(
     batch_size: global batch size B.
     seed: non-negative int.
     permutation: `epoch_permutation` of this step's epoch, if the caller already has it.
+    rows: only these rows of the global batch (a process's shard in a multi-host job); their
+      examples are those of the global batch, and so are their observations where these are
+      deterministic (dSprites); random observations (noise, colour) come from this call's own
+      draws.
+    images: False leaves out "image" (for data held on the device, `data.on_device`).
 
   Returns:
-    {"image": float32 [B, H, W, C], "factors": int32 [B, F], "index": int32 [B]}.
+    {"image": float32 [b, H, W, C], "factors": int32 [b, F], "index": int32 [b]}, b = B or
+    the number of rows asked for.
   """
   per_epoch = steps_per_epoch(dataset.num_examples, batch_size)
   epoch, position = divmod(int(step), per_epoch)
   if permutation is None:
     permutation = epoch_permutation(dataset.num_examples, seed, epoch)
   indices = permutation[position * batch_size : (position + 1) * batch_size]
+  if rows is not None:
+    indices = indices[rows]
   factors = dataset.index_to_factors(indices)
-  rng = np.random.default_rng(np.random.SeedSequence([seed, _OBSERVATION_STREAM, int(step)]))
-  images = dataset.observations_from_factors(factors, rng)
-  return {
-    "image": np.asarray(images, dtype=np.float32),
-    "factors": factors.astype(np.int32),
-    "index": indices.astype(np.int32),
+  batch = {"factors": factors.astype(np.int32), "index": indices.astype(np.int32)}
+  if images:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _OBSERVATION_STREAM, int(step)]))
+    observations = dataset.observations_from_factors(factors, rng)
+    batch["image"] = np.asarray(observations, dtype=np.float32)
+  return batch
+
+
+def process_rows(sharding: NamedSharding, batch_size: int) -> slice:
+  """The rows of a global batch that this process's devices hold under `sharding` (split along
+  the leading axis): one contiguous block in a mesh built over `jax.devices()`.
+
+  Raises:
+    ValueError: when this process's rows are not one block (a device order that interleaves
+      processes along the data axis).
+  """
+  starts_stops = {
+    (index[0].start or 0, batch_size if index[0].stop is None else index[0].stop)
+    for index in sharding.addressable_devices_indices_map((batch_size,)).values()
   }
+  start, stop = min(a for a, _ in starts_stops), max(b for _, b in starts_stops)
+  if sum(b - a for a, b in starts_stops) != stop - start:
+    raise ValueError(
+      f"process {jax.process_index()} holds rows {sorted(starts_stops)} of the batch, not one "
+      "block: build the mesh over jax.devices() in order."
+    )
+  return slice(start, stop)
 
 
 def _aligned(array: np.ndarray, alignment: int = 64) -> np.ndarray:
@@ -126,6 +156,7 @@ class ShardedBatchIterator:
     num_steps: number of batches to yield; None for unlimited.
     prefetch: batches prepared ahead (on the devices) by the background thread.
     axis_name: mesh axis the batch is split over.
+    images: False yields only "factors" and "index" (the images are on the device already).
   """
 
   def __init__(
@@ -139,6 +170,7 @@ class ShardedBatchIterator:
     num_steps: int | None = None,
     prefetch: int = 2,
     axis_name: str = "data",
+    images: bool = True,
   ):
     mesh = make_data_mesh(axis_name=axis_name) if mesh is None else mesh
     if axis_name not in mesh.shape:
@@ -157,10 +189,13 @@ class ShardedBatchIterator:
         f"{num_steps}, {prefetch}."
       )
     self.dataset = dataset
+    self.images = images
     self.batch_size = batch_size
     self.seed = int(seed)
     self.steps_per_epoch = steps_per_epoch(dataset.num_examples, batch_size)
     self.sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+    # In a multi-host job each process computes only the rows its devices hold.
+    self._rows = process_rows(self.sharding, batch_size) if jax.process_count() > 1 else None
     self.step = start_step  # global step of the next batch returned
     self._stop_step = None if num_steps is None else start_step + num_steps
     self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
@@ -176,16 +211,32 @@ class ShardedBatchIterator:
           epoch = step // self.steps_per_epoch
           permutation = epoch_permutation(self.dataset.num_examples, self.seed, epoch)
         batch = host_batch(
-          self.dataset, step, batch_size=self.batch_size, seed=self.seed, permutation=permutation
+          self.dataset,
+          step,
+          batch_size=self.batch_size,
+          seed=self.seed,
+          permutation=permutation,
+          rows=self._rows,
+          images=self.images,
         )
         batch = {key: _aligned(value) for key, value in batch.items()}
-        # device_put here so the host-to-device copy overlaps the train step too.
-        if not self._put(jax.device_put(batch, self.sharding)):
+        # Placed here so the host-to-device copy overlaps the train step too.
+        if not self._put(self._place(batch)):
           return
         step += 1
       self._put(_END)
     except BaseException as error:  # handed to the consumer, which re-raises it
       self._put(_Failure(error))
+
+  def _place(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    if self._rows is None:
+      return jax.device_put(batch, self.sharding)
+    return {
+      key: jax.make_array_from_process_local_data(
+        self.sharding, value, (self.batch_size, *value.shape[1:])
+      )
+      for key, value in batch.items()
+    }
 
   def _put(self, item) -> bool:
     while not self._stop.is_set():

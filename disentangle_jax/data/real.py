@@ -169,6 +169,18 @@ class DSpritesNpz(table.TableGroundTruth):
   def _fetch_rows(self, rows: np.ndarray) -> np.ndarray:
     return dsprites.unpack_images(self._packed[rows])[..., None].astype(np.float32)
 
+  def packed_images(self) -> np.ndarray:
+    """The images bit-packed along their rows, in example-index order: uint8 [N, 64, 8] (for
+    holding the set on an accelerator, `data.on_device`).
+
+    Raises:
+      ValueError: when a factor combination has several rows (which one a batch gets is drawn
+        at random, which a fixed table on the device cannot do).
+    """
+    if self.examples_per_combination != (1, 1):
+      raise ValueError(f"{self.name}: several rows per combination; cannot hold one per example.")
+    return self._packed[self._order]
+
 
 @dataclasses.dataclass(frozen=True)
 class TfdsSpec:

@@ -10,6 +10,7 @@ from disentangle_jax.training.loop import NonFiniteError as NonFiniteError
 from disentangle_jax.training.loop import WorkdirError as WorkdirError
 from disentangle_jax.training.loop import train as train
 from disentangle_jax.training.loop import train_and_evaluate as train_and_evaluate
+from disentangle_jax.training.loop import train_run as train_run
 from disentangle_jax.training.train_step import Trainer as Trainer
 from disentangle_jax.training.train_step import TrainState as TrainState
 from disentangle_jax.training.train_step import build_trainer as build_trainer

@@ -1,8 +1,8 @@
 """Evaluation of a trained model: eval.json (reconstruction, KL, ELBO decomposition) and report/.
 
-evaluate(config, networks, params, dataset)        -> the numbers of eval.json
-evaluate_run(config, networks, state, dataset, workdir)   after training (one or K seeds)
-evaluate_checkpoint(workdir, config, step=...)      any saved checkpoint, later
+evaluate(config, networks, params, dataset)          the numbers of eval.json
+evaluate_run(run, networks, state, dataset)          after training (one model or several)
+evaluate_checkpoint(workdir, config, step=...)       any saved checkpoint, later
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from disentangle_jax import objectives as obj
 from disentangle_jax.data.ground_truth import GroundTruthData
 from disentangle_jax.training import config as config_lib
 from disentangle_jax.training.checkpoint import Checkpointer
-from disentangle_jax.training.loop import CONFIG_FILE, NonFiniteError, run_seeds
+from disentangle_jax.training.loop import CONFIG_FILE, STATUS_FILE, NonFiniteError, Run, single_run
 from disentangle_jax.training.losses import encode_decode, log_likelihood, prior_log_prob
 from disentangle_jax.training.model import Networks, prior_exponents
 from disentangle_jax.training.report import write_report
@@ -117,41 +117,47 @@ def evaluate_and_report(
 
 
 def evaluate_run(
-  config: ml_collections.ConfigDict,
+  run: Run,
   networks: Networks,
   state,
   dataset: GroundTruthData,
-  workdir: pathlib.Path,
-  out_dir: pathlib.Path | None = None,
-) -> dict:
-  """`evaluate_and_report` of a run's state: one model, or each seed of a multi-seed run.
+  diverged=None,
+  *,
+  out_root: pathlib.Path | None = None,
+):
+  """`evaluate_and_report` of every model of a trained run, in its out_dir.
+
+  A model that diverged gets an eval.json saying at which step, and no report.
+
+  Args:
+    run, networks, state, dataset: the trained run.
+    diverged: {model name: step} of the models that diverged.
+    out_root: write under this folder instead of the run's workdir (same relative layout);
+      the training curves still come from the run's own metrics.jsonl files.
 
   Returns:
-    The results (also in out_dir/eval.json, out_dir defaulting to the workdir); for K > 1 seeds
-    {"seed_<seed>": results}, each also in out_dir/seed_<seed>/.
+    One model's results (also in its eval.json); for several, {name: results}, also written
+    to the run's workdir/eval.json.
   """
-  out_dir = workdir if out_dir is None else out_dir
-  seeds = run_seeds(config)
-  if len(seeds) == 1:
-    return evaluate_and_report(
-      config, networks, state.params, int(state.step), dataset, workdir, out_dir
-    )
+  diverged = diverged or {}
+  root = run.workdir if out_root is None else out_root
+  out_dirs = [root / d.relative_to(run.workdir) for d in run.out_dirs]
   results = {}
-  for k, seed in enumerate(seeds):
-    seed_config = config.copy_and_resolve_references()
-    with seed_config.unlocked():
-      seed_config.seed, seed_config.num_seeds = seed, 1
-    seed_state = unstack(state, k)
-    results[f"seed_{seed}"] = evaluate_and_report(
-      seed_config,
-      networks,
-      seed_state.params,
-      int(seed_state.step),
-      dataset,
-      workdir / f"seed_{seed}",
-      out_dir / f"seed_{seed}",
+  for i, (config, name, metrics_dir, out_dir) in enumerate(
+    zip(run.configs, run.names, run.out_dirs, out_dirs, strict=True)
+  ):
+    model_state = state if len(run.configs) == 1 else unstack(state, i)
+    if name in diverged:
+      results[name] = {"diverged_at": diverged[name], "step": int(model_state.step)}
+      out_dir.mkdir(parents=True, exist_ok=True)
+      (out_dir / "eval.json").write_text(json.dumps(results[name], indent=2))
+      continue
+    results[name] = evaluate_and_report(
+      config, networks, model_state.params, int(model_state.step), dataset, metrics_dir, out_dir
     )
-  (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
+  if len(run.configs) == 1:
+    return results[run.names[0]]
+  (root / "eval.json").write_text(json.dumps(results, indent=2))
   return results
 
 
@@ -187,12 +193,22 @@ def evaluate_checkpoint(
     )
   dataset = data.get_dataset(config.dataset, **config_lib.dataset_kwargs(config))
   trainer = build_trainer(config, dataset.observation_shape, dataset.num_examples)
-  seeds = run_seeds(config)
-  like = trainer.init_state(seeds[0]) if len(seeds) == 1 else trainer.init_states(seeds)
+  run = single_run(config, workdir)
+  like = trainer.init_models(run.configs)
+  like = unstack(like, 0) if len(run.configs) == 1 else like
   try:
     state = checkpointer.restore(step, like)
   finally:
     checkpointer.close()
   logging.info("evaluating the checkpoint of step %d in %s", step, checkpointer.directory)
-  out_dir = workdir if step == latest else workdir / f"step_{step}"
-  return evaluate_run(config, trainer.networks, state, dataset, workdir, out_dir)
+  # An earlier step's files go to step_<step>/, keeping the run's own.
+  out_root = workdir if step == latest else workdir / f"step_{step}"
+  return evaluate_run(run, trainer.networks, state, dataset, _diverged(run), out_root=out_root)
+
+
+def _diverged(run: Run) -> dict[str, int]:
+  out = {}
+  for name, out_dir in zip(run.names, run.out_dirs, strict=True):
+    if (out_dir / STATUS_FILE).exists():
+      out[name] = json.loads((out_dir / STATUS_FILE).read_text())["diverged_at"]
+  return out

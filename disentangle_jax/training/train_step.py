@@ -40,6 +40,8 @@ class TrainState:
     opt_state: the optimizer state; the learning rate is in it (`optax.inject_hyperparams`).
     disc_params, disc_opt_state: FactorVAE's discriminator and its Adam; {} otherwise.
     hparams: the objective's hyperparameters as float32 scalars (`config.objective_hparams`).
+    alive: bool scalar; False once the model diverged in a multi-model program, whose step
+      then keeps its last finite state (`multi_model.make_multi_model_step`).
   """
 
   step: jax.Array
@@ -48,6 +50,7 @@ class TrainState:
   disc_params: Any
   disc_opt_state: Any
   hparams: dict[str, jax.Array]
+  alive: jax.Array
 
 
 def make_optimizers(
@@ -178,16 +181,36 @@ class Trainer:
   loss_fn: LossFn
   train_step: Callable
 
-  def init_state(self, seed: int) -> TrainState:
-    """The initial state of the model of `seed`: params from `jax.random.key(seed)`."""
+  def init_state(
+    self,
+    seed: int,
+    hparams: dict[str, float] | None = None,
+    learning_rate: float | None = None,
+  ) -> TrainState:
+    """The initial state of a model: params from `jax.random.key(seed)`.
+
+    Args:
+      seed: the model's seed.
+      hparams: the objective's hyperparameters; default the config's (`self.hparams`).
+      learning_rate: the networks' learning rate; default the config's.
+    """
     params, disc_params = init_params(self.networks, jax.random.key(seed))
+    opt_state = self.tx.init(params)
+    if learning_rate is not None:
+      opt_state = optax.tree_utils.tree_set(
+        opt_state, learning_rate=jnp.asarray(learning_rate, jnp.float32)
+      )
+    hparams = self.hparams if hparams is None else hparams
+    if set(hparams) != set(self.hparams):
+      raise ValueError(f"hparams {sorted(hparams)} are not the objective's {sorted(self.hparams)}.")
     return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
-      opt_state=self.tx.init(params),
+      opt_state=opt_state,
       disc_params=disc_params,
       disc_opt_state=self.disc_tx.init(disc_params) if disc_params else {},
-      hparams={k: jnp.asarray(v, jnp.float32) for k, v in self.hparams.items()},
+      hparams={k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()},
+      alive=jnp.ones((), bool),
     )
 
   def init_states(self, seeds: Sequence[int]) -> TrainState:
@@ -197,6 +220,13 @@ class Trainer:
     """
     seeds = check_seeds(seeds)
     return stack([self.init_state(seed) for seed in seeds])
+
+  def init_models(self, configs: Sequence[ml_collections.ConfigDict]) -> TrainState:
+    """The stacked initial states [M, ...] of models that differ only in seed, learning rate
+    and the objective's hyperparameters (a sweep group); slice m is bitwise the single run's."""
+    return stack(
+      [self.init_state(c.seed, config_lib.objective_hparams(c), c.learning_rate) for c in configs]
+    )
 
 
 def build_trainer(
@@ -229,11 +259,12 @@ def step_rng(seed: int) -> jax.Array:
 
 
 def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+  """The seeds as ints; models of a sweep may share a seed (they differ in other values)."""
   seeds = tuple(int(s) for s in seeds)
   if not seeds:
     raise ValueError("seeds is empty: give at least one seed.")
-  if len(set(seeds)) != len(seeds):
-    raise ValueError(f"seeds must be distinct, got {seeds}.")
+  if any(s < 0 for s in seeds):
+    raise ValueError(f"seeds must be >= 0, got {seeds}.")
   return seeds
 
 
@@ -247,7 +278,19 @@ def unstack(tree, index: int):
   return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
-def jit_train_step(train_step, mesh: Mesh, state: TrainState, axis_name: str = "data"):
+def batch_shardings(mesh: Mesh, keys=None, axis_name: str = "data"):
+  """How a batch is placed: every array split over the data axis, except a packed dataset
+  held on the device (`data.on_device`, key "packed"), replicated. `keys`: the batch's keys, or
+  None for one sharding of every leaf."""
+  split = NamedSharding(mesh, PartitionSpec(axis_name))
+  if keys is None:
+    return split
+  return {k: NamedSharding(mesh, PartitionSpec()) if k == "packed" else split for k in keys}
+
+
+def jit_train_step(
+  train_step, mesh: Mesh, state: TrainState, axis_name: str = "data", batch_keys=None
+):
   """jax.jit with the batch split over the mesh's data axis and the state replicated.
 
   XLA's partitioner inserts the cross-device gradient reduction, so the same code runs on one
@@ -255,7 +298,7 @@ def jit_train_step(train_step, mesh: Mesh, state: TrainState, axis_name: str = "
   """
   replicated = NamedSharding(mesh, PartitionSpec())
   state_sharding = jax.tree.map(lambda _: replicated, state)
-  batch_sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+  batch_sharding = batch_shardings(mesh, batch_keys, axis_name)
   return jax.jit(
     train_step,
     in_shardings=(state_sharding, batch_sharding, replicated),

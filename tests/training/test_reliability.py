@@ -300,3 +300,32 @@ def test_an_overflowing_model_is_not_evaluated_into_eval_json(tmp_path):
   with pytest.raises(NonFiniteError, match="Evaluation gave non-finite log_likelihood"):
     evaluate_checkpoint(str(tmp_path), step=3)
   assert not (tmp_path / "eval.json").exists() and not (tmp_path / "step_3").exists()
+
+
+def test_data_on_the_device_trains_the_same_model(tmp_path):
+  """dSprites held on the device as packed bits, each batch gathered and unpacked inside the
+  step: the same batches and images as the host pipeline, so the same parameters (the images
+  are exact 0/1 floats either way; the tolerance allows XLA to fuse the unpacking into the first
+  product differently)."""
+  from tests.data.test_real import _write_fake_npz
+  from tests.training.test_report import GRID
+
+  path = tmp_path / "small.npz"
+  _write_fake_npz(path, GRID)
+  overrides = {
+    "dataset": "dsprites_npz",
+    "dataset_kwargs.source": None,
+    "dataset_kwargs.path": str(path),
+    "num_steps": 3,
+  }
+  host = train_and_evaluate(tiny("beta_vae", **overrides), str(tmp_path / "host"))
+  device = train_and_evaluate(
+    tiny("beta_vae", data_on_device=True, **overrides), str(tmp_path / "device")
+  )
+  (_, a), (_, b) = _final_params(tmp_path / "host"), _final_params(tmp_path / "device")
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
+  assert device["elbo"] == pytest.approx(host["elbo"], rel=1e-6)
+  with pytest.raises(ValueError, match="data_on_device needs a dataset held as packed bits"):
+    train_and_evaluate(
+      tiny("beta_vae", data_on_device=True, dataset="noisy_dsprites"), str(tmp_path / "noisy")
+    )
