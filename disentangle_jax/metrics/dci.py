@@ -21,11 +21,13 @@ References:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-import scipy.special
 import sklearn.compose
 import sklearn.ensemble
 import sklearn.linear_model
@@ -108,6 +110,45 @@ def importance_model_factory(
   )
 
 
+@functools.partial(jax.jit, static_argnums=(9, 10))
+def _replay_importance(
+  ranks, target, baseline, feature, threshold, left, right, is_leaf, value, depth, num_classes
+):
+  """GBT's importance of a booster's trees [stages, trees, nodes], replayed on its data."""
+  num_latents, num = ranks.shape
+  num_trees, size = feature.shape[1:]
+  trees = jnp.arange(num_trees)[:, None]
+
+  def stage(raw, tree_arrays):  # raw [N, T]
+    feat, thr, lft, rgt, leaf_node, val = tree_arrays
+    if num_classes == 2:
+      residuals = (target == 1)[:, None] - jax.nn.sigmoid(raw)
+    else:
+      residuals = jax.nn.one_hot(target, num_classes) - jax.nn.softmax(raw, axis=1)
+    node = jnp.zeros((num_trees, num), jnp.int32)
+    count = jnp.zeros((num_trees, size))
+    total = jnp.zeros((num_trees, size))
+    for _ in range(depth):
+      leaf = leaf_node[trees, node]
+      x = jnp.take_along_axis(ranks, feat[trees, node], axis=0)
+      child = jnp.where(x <= thr[trees, node], lft[trees, node], rgt[trees, node])
+      node = jnp.where(leaf, node, child)
+      moved = jax.nn.one_hot(node, size) * (~leaf)[..., None]  # [T, N, P], once per child
+      count = count + moved.sum(axis=1)
+      total = total + jnp.einsum("tnp,nt->tp", moved, residuals)
+    n_left, n_right = count[trees, lft], count[trees, rgt]
+    safe_left, safe_right = jnp.maximum(n_left, 1), jnp.maximum(n_right, 1)
+    gap = total[trees, lft] / safe_left - total[trees, rgt] / safe_right
+    use = ~leaf_node & (n_left > 0) & (n_right > 0)
+    decrease = jnp.where(use, n_left * n_right / (safe_left + safe_right) * gap**2, 0.0)
+    gained = jnp.zeros(num_latents).at[feat.ravel()].add(decrease.ravel() / num)
+    return raw + val[trees, node].T, gained
+
+  raw = jnp.broadcast_to(baseline, (num, feature.shape[1])).astype(jnp.float32)
+  _, gains = jax.lax.scan(stage, raw, (feature, threshold, left, right, is_leaf, value))
+  return gains.sum(axis=0)
+
+
 def histogram_booster_importance(model, codes: np.ndarray, labels: np.ndarray) -> np.ndarray:
   """GradientBoostingClassifier's impurity importance, measured on a histogram booster's trees.
 
@@ -141,54 +182,42 @@ def histogram_booster_importance(model, codes: np.ndarray, labels: np.ndarray) -
   codes = np.asarray(codes, np.float64)
   num, num_latents = codes.shape
   target = np.searchsorted(model.classes_, labels)
-  num_classes = len(model.classes_)
-  raw = np.tile(np.asarray(model._baseline_prediction, np.float64).reshape(1, -1), (num, 1))
-  importance = np.zeros(num_latents)
-  columns = np.arange(num)[None, :]
-  for stage in model._predictors:
-    if num_classes == 2:
-      residuals = (target == 1)[:, None] - scipy.special.expit(raw)
-    else:
-      residuals = (target[:, None] == np.arange(num_classes)) - scipy.special.softmax(raw, axis=1)
-    # The stage's trees (one per class) as padded arrays [T, P]; padding nodes are leaves that
-    # no sample reaches.
-    size = max(len(p.nodes) for p in stage)
-    fields = {}
-    for name in ("feature_idx", "num_threshold", "left", "right", "value"):
-      fields[name] = np.stack([np.resize(p.nodes[name], size) for p in stage])
-    is_leaf = np.ones((len(stage), size), bool)
-    for t, p in enumerate(stage):
-      is_leaf[t, : len(p.nodes)] = p.nodes["is_leaf"] == 1
-    trees = np.arange(len(stage))[:, None]
-    node = np.zeros((len(stage), num), np.int64)
-    path = []
-    for _ in range(int(max(p.nodes["depth"].max() for p in stage))):
-      leaf = is_leaf[trees, node]
-      left = (
-        codes[columns, fields["feature_idx"][trees, node]] <= fields["num_threshold"][trees, node]
-      )
-      child = np.where(left, fields["left"][trees, node], fields["right"][trees, node])
-      node = np.where(leaf, node, child)
-      path.append(np.where(leaf, -1, trees * size + node))  # counted once in every child
-    raw[:, : len(stage)] += fields["value"][trees, node].T
-    if not path:
-      continue
-    visited = np.concatenate(path, axis=1).ravel()
-    weights = np.tile(residuals[:, : len(stage)].T, len(path)).ravel()
-    keep = visited >= 0
-    count = np.bincount(visited[keep], minlength=len(stage) * size).reshape(len(stage), size)
-    total = np.bincount(visited[keep], weights[keep], minlength=len(stage) * size)
-    total = total.reshape(len(stage), size)
-    split = ~is_leaf
-    n_left = count[trees, fields["left"]]
-    n_right = count[trees, fields["right"]]
-    with np.errstate(divide="ignore", invalid="ignore"):
-      gap = total[trees, fields["left"]] / n_left - total[trees, fields["right"]] / n_right
-      decrease = n_left * n_right / (n_left + n_right) * gap**2
-    use = split & (n_left > 0) & (n_right > 0)
-    importance += np.bincount(
-      fields["feature_idx"][use], decrease[use] / num, minlength=num_latents
-    )
+  stages = model._predictors
+  size = max(len(p.nodes) for stage in stages for p in stage)
+  depth = max(int(p.nodes["depth"].max()) for stage in stages for p in stage)
+
+  def field(name, fill):  # [stages, trees, nodes], padded with leaves no sample reaches
+    out = np.full((len(stages), len(stages[0]), size), fill, dtype=np.float64)
+    for i, stage in enumerate(stages):
+      for t, p in enumerate(stage):
+        out[i, t, : len(p.nodes)] = p.nodes[name]
+    return out
+
+  # Routing in rank space is exact: x <= threshold iff rank(x) <= rank of the threshold.
+  feature = field("feature_idx", 0).astype(np.int32)
+  threshold = field("num_threshold", 0.0)
+  ranks = np.empty((num_latents, num), np.int32)
+  sorted_values = [np.unique(codes[:, j]) for j in range(num_latents)]
+  for j in range(num_latents):
+    ranks[j] = np.searchsorted(sorted_values[j], codes[:, j])
+  threshold_rank = np.zeros(threshold.shape, np.int32)
+  for j in range(num_latents):
+    on_j = feature == j
+    threshold_rank[on_j] = np.searchsorted(sorted_values[j], threshold[on_j], side="right") - 1
+  importance = _replay_importance(
+    jnp.asarray(ranks),
+    jnp.asarray(target, jnp.int32),
+    jnp.asarray(np.asarray(model._baseline_prediction, np.float32).reshape(-1)),
+    jnp.asarray(feature),
+    jnp.asarray(threshold_rank),
+    jnp.asarray(field("left", 0).astype(np.int32)),
+    jnp.asarray(field("right", 0).astype(np.int32)),
+    jnp.asarray(field("is_leaf", 1).astype(bool)),
+    jnp.asarray(field("value", 0.0).astype(np.float32)),
+    depth,
+    len(model.classes_),
+  )
+  importance = np.asarray(importance, np.float64)
   total = importance.sum()
   return importance / total if total > 0 else importance
 
