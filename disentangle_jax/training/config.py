@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   # pip install -e ".[cpu-conv]"; disentangle_jax/cpu_conv).
   config.model.conv_impl = "flax"
   config.model.latent_dim = 10
+  # Widths of the MLP nets' hidden layers (Chen et al.: 1200, 1200 / 1200, 1200, 1200).
+  config.model.mlp_encoder_hidden = (1200, 1200)
+  config.model.mlp_decoder_hidden = (1200, 1200, 1200)
   config.model.categorical_sizes = ()  # discrete latents (JointVAE), e.g. (3,)
   config.model.temperature = 0.67  # Gumbel-softmax relaxation of the discrete latents
   config.likelihood = "bernoulli"  # bernoulli | gaussian (unit variance)
@@ -265,6 +268,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   sizes = tuple(config.model.categorical_sizes)
   if any(isinstance(k, bool) or not isinstance(k, int) or k < 2 for k in sizes):
     problems.append(f"model.categorical_sizes must be ints >= 2; got {sizes!r}.")
+  for key in ("mlp_encoder_hidden", "mlp_decoder_hidden"):
+    widths = tuple(config.model[key])
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+      problems.append(f"model.{key} must be one or more ints >= 1; got {widths!r}.")
   _choice(problems, config, "likelihood", LIKELIHOODS)
 
   _choice(problems, config, "prior.name", PRIORS)

@@ -52,14 +52,23 @@ def build_networks(config: ml_collections.ConfigDict, observation_shape) -> Netw
   """The modules and prior of `config` (the Lp-nested layout is parsed here, once)."""
   latent_dim = config.model.latent_dim
   categorical_sizes = tuple(int(k) for k in config.model.categorical_sizes)
+  encoder_kwargs, decoder_kwargs = {}, {}
+  if config.model.encoder == "mlp":
+    encoder_kwargs["hidden"] = tuple(config.model.mlp_encoder_hidden)
+  if config.model.decoder == "mlp":
+    decoder_kwargs["hidden"] = tuple(config.model.mlp_decoder_hidden)
   encoder = models.make_encoder(
     config.model.encoder,
     latent_dim=latent_dim,
     categorical_sizes=categorical_sizes,
     conv_impl=config.model.conv_impl,
+    **encoder_kwargs,
   )
   decoder = models.make_decoder(
-    config.model.decoder, output_shape=tuple(observation_shape), conv_impl=config.model.conv_impl
+    config.model.decoder,
+    output_shape=tuple(observation_shape),
+    conv_impl=config.model.conv_impl,
+    **decoder_kwargs,
   )
   discriminator = models.FactorVAEDiscriminator() if config.objective.name == "factor_vae" else None
   prior = None

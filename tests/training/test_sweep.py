@@ -161,6 +161,7 @@ def get_config(arg=None):
   base.dataset_kwargs.source = "render"
   base.batch_size, base.num_steps, base.log_every, base.checkpoint_every = 16, 4, 2, 2
   base.eval.num_examples, base.eval.batch_size = 32, 16
+  base.model.mlp_encoder_hidden, base.model.mlp_decoder_hidden = (64,), (64,)
   config = sweep_lib.sweep_config(base)
   config.methods = repr({"bvae": {}})
   config.axes = repr({"objective.beta": [1.0, 4.0]})

@@ -35,6 +35,9 @@ def tiny(name: str, **overrides):
   config.eval.num_examples, config.eval.batch_size = 64, 32
   config.eval.report = False  # the report (every metric on the whole dataset): test_report.py
   config.model.encoder = config.model.decoder = "mlp"
+  # Small MLPs: every test trains in seconds (the paper's 1200-wide nets are tested in
+  # tests/models).
+  config.model.mlp_encoder_hidden, config.model.mlp_decoder_hidden = (64,), (64,)
   for key, value in overrides.items():
     node = config
     *path, last = key.split(".")
