@@ -10,31 +10,25 @@ beyond inputs and outputs), from `compiled.memory_analysis()`; "peak RSS" is the
 
 import argparse
 import itertools
-import resource
-import statistics
-import time
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
 
-import disentangle_jax as dj
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import common  # noqa: E402
+
+import disentangle_jax as dj  # noqa: E402
 
 
 def _time(fn, *args, repeats: int) -> tuple[float, float, float]:
   """(compile s, median run s, XLA temp MiB) of jax.jit(fn)(*args)."""
   jitted = jax.jit(fn)
-  start = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
-  compile_s = time.perf_counter() - start
-  jax.block_until_ready(compiled(*args))
-  runs = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    runs.append(time.perf_counter() - start)
-  memory = compiled.memory_analysis()
+  compile_s, median = common.time_jitted(jitted, *args, repeats=repeats, max_seconds=1e9)
+  memory = jitted.lower(*args).compile().memory_analysis()
   temp_mib = memory.temp_size_in_bytes / 2**20 if memory is not None else float("nan")
-  return compile_s, statistics.median(runs), temp_mib
+  return compile_s, median, temp_mib
 
 
 def _decomposition_rows(batch: int, latents: tuple[int, ...], repeats: int):
@@ -92,7 +86,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
   batch, points = (256, 10**4) if args.quick else (2048, 10**6)
-  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {jax.device_count()} device(s)")
+  print(common.machine())
   header = f"{'what':38s} {'size':36s} {'compile s':>9s} {'median ms':>10s} {'XLA temp MiB':>12s}"
   print(header)
   print("-" * len(header))
@@ -101,8 +95,7 @@ def main():
   )
   for what, size, c, t, m in rows:  # printed as measured
     print(f"{what:38s} {size:36s} {c:9.2f} {1e3 * t:10.1f} {m:12.1f}", flush=True)
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  print(f"peak RSS of the process: {peak:.0f} MiB")
+  print(f"peak RSS of the process: {common.peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ of the sharded prefetching iterator on one CPU device, and the peak resident mem
 
 import argparse
 import os
-import resource
+import pathlib
 import shutil
+import sys
 import tempfile
 import time
 
@@ -22,13 +23,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import common  # noqa: E402
+
 from disentangle_jax import data  # noqa: E402
 from disentangle_jax.data import dsprites  # noqa: E402
 
-
-def peak_rss_mib() -> float:
-  """Peak resident set size of this process so far (Linux reports KiB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak_rss_mib = common.peak_rss_mib
 
 
 def time_pipeline(dataset, batch_size: int, steps: int, warmup: int) -> float:
@@ -85,7 +86,7 @@ def main() -> None:
     if temporary:
       shutil.rmtree(cache_dir, ignore_errors=True)
 
-  print(f"jax {jax.__version__}, devices: {jax.devices()}, cpus: {os.cpu_count()}")
+  print(common.machine())
   width = max(len(r[0]) for r in rows)
   print(f"{'measurement':<{width}}  {'result':<34}  peak RSS")
   for label, value, rss in rows:
