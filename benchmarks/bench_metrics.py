@@ -242,7 +242,7 @@ def stack(args):
 
   alone = timed("binned MIG + modularity MI, one after another", one_by_one)
   print(f"  binned ratio (one after another / stacked): {alone / together:.2f}")
-  names = "mig_dlib,sap,modularity,dci,beta_vae,factor_vae"
+  names = "mig_dlib,sap,modularity,beta_vae,factor_vae"
   together = timed(
     f"score_models({names})", lambda: stacked.score_models(dataset, encodings, names=names)
   )
