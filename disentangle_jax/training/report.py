@@ -34,7 +34,9 @@ TRAVERSAL_VALUES = np.linspace(-2.5, 2.5, 9)
 
 
 def make_encode_fn(networks: Networks, params, *, batch_size: int = 1024) -> metrics.EncodeFn:
-  """Jitted images -> (mean, log_var) of the Gaussian latents, numpy in and out.
+  """Jitted images -> (mean, log_var) of the Gaussian latents, numpy in and out; with discrete
+  latents (JointVAE) also their category codes (argmax of the logits, int [B, C]), which the
+  metrics score as discrete variables.
 
   Calls are split into `batch_size` pieces and each piece is padded to a power of two (at least
   16), so a handful of compiled programs serve every call size without wasting much work.
@@ -43,20 +45,25 @@ def make_encode_fn(networks: Networks, params, *, batch_size: int = 1024) -> met
   @jax.jit
   def encode(x):
     posterior = networks.encoder.apply(params["encoder"], x)
-    return posterior.mean, posterior.log_var
+    codes = [jnp.argmax(logits, axis=-1) for logits in posterior.logits]
+    return posterior.mean, posterior.log_var, codes
 
-  def encode_fn(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  def encode_fn(images: np.ndarray):
     images = np.asarray(images, np.float32)
-    means, log_vars = [], []
+    parts = []
     for start in range(0, len(images), batch_size):
       chunk = images[start : start + batch_size]
       padded_size = max(16, 1 << (len(chunk) - 1).bit_length())
       padded = np.zeros((padded_size, *chunk.shape[1:]), np.float32)
       padded[: len(chunk)] = chunk
-      mean, log_var = jax.device_get(encode(padded))
-      means.append(mean[: len(chunk)])
-      log_vars.append(log_var[: len(chunk)])
-    return np.concatenate(means), np.concatenate(log_vars)
+      mean, log_var, codes = jax.device_get(encode(padded))
+      parts.append((mean[: len(chunk)], log_var[: len(chunk)], [c[: len(chunk)] for c in codes]))
+    mean = np.concatenate([p[0] for p in parts])
+    log_var = np.concatenate([p[1] for p in parts])
+    if not networks.categorical_sizes:
+      return mean, log_var
+    codes = np.stack([np.concatenate([p[2][i] for p in parts]) for i in range(len(parts[0][2]))])
+    return mean, log_var, codes.T.astype(np.int64)
 
   return encode_fn
 
@@ -163,12 +170,13 @@ def write_report(
 
   # ------------------------------------------------------------- whole-dataset posteriors
   logging.info("report: encoding all %d examples", dataset.num_examples)
-  encoded = metrics.encode_dataset(dataset, encode_fn, np.random.default_rng(config.seed))
-  mean, log_var, _ = encoded
+  encoded = metrics.encode_all(dataset, encode_fn, np.random.default_rng(config.seed))
+  mean, log_var = encoded.mean, encoded.log_var
   summary["decomposition"] = whole_dataset_decomposition(config, networks, params, mean, log_var)
-  variance_of_means = np.var(mean, axis=0)
-  summary["active_units"] = int(np.sum(variance_of_means > 0.01))
-  summary["variance_of_means"] = variance_of_means.tolist()
+  # Active latents: an upper bound on the information a latent carries about x, > 0.01 nats.
+  activity = metrics.active_latents(mean, log_var)
+  summary["active_latents"] = {k: np.asarray(v).tolist() for k, v in activity.items()}
+  summary["active_units"] = int(activity["num_active"])
 
   # ------------------------------------------------------------- metrics
   settings = {name: dict(config.eval.get(name, {})) for name in names}
@@ -212,13 +220,15 @@ def _write_pictures(config, networks, params, dataset, out_dir, summary, workdir
     plots.reconstructions(images, decode_fn(codes)), out_dir / "reconstructions.png"
   )
 
-  latent_labels = None
-  if networks.prior is None:
-    mean, log_var = make_encode_fn(networks, params)(images)
-    latent_labels = np.asarray(dist.gaussian_kl_per_dim(mean, log_var)).mean(0)
+  # Rows labelled with the information bound behind the report's active latents.
+  bound = summary["active_latents"]["information_bound_nats"]
+  active = set(summary["active_latents"]["active_latents"])
+  names = [
+    f"z{j}{'' if j in active else ' (inactive)'}\nI <= {b:.2f} nats" for j, b in enumerate(bound)
+  ]
   traversals = traversal_images(decode_fn, codes[0], networks.latent_dim, TRAVERSAL_VALUES)
   plots.save_figure(
-    plots.latent_traversals(traversals, values=TRAVERSAL_VALUES, kl_per_latent=latent_labels),
+    plots.latent_traversals(traversals, values=TRAVERSAL_VALUES, latent_names=names),
     out_dir / "traversals.png",
   )
 
@@ -227,6 +237,7 @@ def _write_pictures(config, networks, params, dataset, out_dir, summary, workdir
       result = summary["metrics"][name]
       figure = plots.mutual_information_heatmap(
         np.asarray(result["mutual_information"]),
+        latent_names=result.get("variable_names"),
         factor_names=list(dataset.factor_names),
         normalized_by=np.asarray(result["factor_entropies"]),
         title=f"I(z_j; v_k) / H(v_k) ({'Chen et al.' if name == 'mig_chen' else 'binned means'})",

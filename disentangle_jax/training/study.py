@@ -58,43 +58,51 @@ def latent_means_by_factor(
   return out
 
 
-def score_model(
-  config: ml_collections.ConfigDict,
+def score_models(
+  configs: Sequence[ml_collections.ConfigDict],
   networks,
-  params,
+  params: Sequence,
   dataset,
-  out_dir: pathlib.Path,
   *,
   metric_names: str,
-  latent_plot: pathlib.Path | None,
-) -> dict[str, Any]:
-  """eval.json's numbers and the study's metrics of one trained model, and its latent plot."""
-  results = evaluate(config, networks, params, dataset)
+  seed: int,
+  latent_plots: Sequence[pathlib.Path | None],
+) -> list[dict[str, Any]]:
+  """eval.json's numbers, the study's metrics and the latent plot of trained models of one
+  structure: each model encoded once, the metrics on the stack of encodings (the same examples
+  and factor draws for every model, `metrics.score_models`)."""
+  results = [evaluate(c, networks, p, dataset) for c, p in zip(configs, params, strict=True)]
   names = metrics.parse_metric_names(metric_names)
-  results["scores"] = {}
-  if not names and latent_plot is None:
+  if not names and not any(latent_plots):
     return results
-  encode_fn = make_encode_fn(networks, params)
-  encoded = metrics.encode_dataset(dataset, encode_fn, np.random.default_rng(config.seed))
-  if names:
-    settings = {name: dict(config.eval.get(name, {})) for name in names}
-    scores = metrics.compute_metrics(
-      dataset, encode_fn, names=names, seed=config.seed, settings=settings, encoded=encoded
+  encodings = []
+  for config, model_params in zip(configs, params, strict=True):
+    encode_fn = make_encode_fn(networks, model_params)
+    encodings.append(metrics.encode_all(dataset, encode_fn, np.random.default_rng(config.seed)))
+  settings = {name: dict(configs[0].eval.get(name, {})) for name in names}
+  scored = metrics.score_models(dataset, encodings, names=names, seed=seed, settings=settings)
+  for i, (result, encoding, plot) in enumerate(zip(results, encodings, latent_plots, strict=True)):
+    result["scores"] = {
+      f"{name}.{key}": float(np.asarray(values)[i])
+      for name, out in scored.items()
+      for key, values in out["scores"].items()
+    }
+    result["active_units"] = int(
+      metrics.active_latents(encoding.mean, encoding.log_var)["num_active"]
     )
-    results["scores"] = metrics.headline_scores(scores)
-  if latent_plot is not None:
-    _latent_plot(encoded, dataset, latent_plot, out_dir.name)
+    if plot is not None:
+      _latent_plot(encoding, dataset, plot, plot.stem)
   return results
 
 
 def _latent_plot(encoded, dataset, path: pathlib.Path, title: str) -> None:
-  mean, _, factors = encoded[:3]
+  mean, factors = encoded.mean, encoded.factors
   names = list(dataset.factor_names)
   columns = [names.index(n) for n in LATENT_PLOT_FACTORS if n in names]
   if not columns or "shape" not in names:
     columns = list(range(1, len(names))) if len(names) > 1 else [0]
   group = names.index("shape") if "shape" in names else 0
-  active = np.flatnonzero(np.var(mean, axis=0) > 0.01)
+  active = np.asarray(metrics.active_latents(mean, encoded.log_var)["active_latents"], int)
   if len(active) == 0:
     active = np.arange(mean.shape[1])
   averages = latent_means_by_factor(mean[:, active], factors, dataset.factor_sizes, columns, group)

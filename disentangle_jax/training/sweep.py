@@ -333,32 +333,35 @@ def _observation_shape(config) -> tuple[int, ...]:
 
 
 def _score_group(g: Group, run: Run, trainer, state, dataset, diverged, sweep, workdir) -> None:
-  """Scores every live model of a trained group: its eval.json and study.json."""
+  """Scores the live models of a trained group (together: `study.score_models`) into their
+  eval.json and study.json; a diverged model's files say at which step."""
+  live = [i for i, m in enumerate(g.models) if m.name not in diverged]
+  states = [unstack(state, i) if len(g.models) > 1 else state for i in range(len(g.models))]
+  logging.info("sweep: scoring %d models of %s", len(live), g.name)
+  plots = [
+    workdir / "study" / "latents" / f"{g.models[i].name}.png" if sweep.study.latent_plots else None
+    for i in live
+  ]
+  scored = study.score_models(
+    [g.models[i].config for i in live],
+    trainer.networks,
+    [states[i].params for i in live],
+    dataset,
+    metric_names=sweep.study.metrics,
+    seed=sweep.base.seed,
+    latent_plots=plots,
+  )
+  scored = dict(zip(live, scored, strict=True))
   for i, model in enumerate(g.models):
-    out_dir = run.out_dirs[i]
     record = {"name": model.name, "method": model.method, "values": model.values}
-    model_state = unstack(state, i) if len(g.models) > 1 else state
     record["step"] = model.config.num_steps
-    if model.name in diverged:
-      record["diverged_at"] = diverged[model.name]
-      evaluation = {"diverged_at": diverged[model.name], "step": int(model_state.step)}
-    else:
-      logging.info("sweep: scoring %s", model.name)
-      plot = (
-        workdir / "study" / "latents" / f"{model.name}.png" if sweep.study.latent_plots else None
-      )
-      record.update(
-        study.score_model(
-          model.config,
-          trainer.networks,
-          model_state.params,
-          dataset,
-          out_dir,
-          metric_names=sweep.study.metrics,
-          latent_plot=plot,
-        )
-      )
+    if i in scored:
+      record.update(scored[i])
       evaluation = {k: v for k, v in record.items() if k not in ("name", "method", "values")}
-      evaluation["step"] = int(model_state.step)
+      evaluation["step"] = int(states[i].step)
+    else:
+      record["diverged_at"] = diverged[model.name]
+      evaluation = {"diverged_at": diverged[model.name], "step": int(states[i].step)}
+    out_dir = run.out_dirs[i]
     (out_dir / "eval.json").write_text(json.dumps(evaluation, indent=2, default=float))
     (out_dir / study.STUDY_FILE).write_text(json.dumps(record, indent=2, default=float))

@@ -122,3 +122,21 @@ def test_encode_fn_padding_gives_the_plain_encoder_output():
   expected = encoder.apply(params["encoder"], images)
   np.testing.assert_allclose(mean, expected.mean, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(log_var, expected.log_var, rtol=1e-6, atol=1e-6)
+
+
+def test_joint_vae_report_scores_its_categorical_latent_and_names_active_latents(
+  npz_path, tmp_path
+):
+  """JointVAE's 3-way categorical latent is scored as a discrete variable (a row "c0" of the MI
+  matrix, a code column for DCI), and the report states its active-latent criterion with the
+  information bound of every latent."""
+  config = small_config("joint_vae", npz_path, **{"eval.metrics": "mig_chen,dci"})
+  train_and_evaluate(config, str(tmp_path))
+  report = json.loads((tmp_path / "report" / "report.json").read_text())
+  names = report["metrics"]["mig_chen"]["variable_names"]
+  assert names[-1] == "c0" and len(names) == config.model.latent_dim + 1
+  assert len(report["metrics"]["mig_chen"]["mutual_information"]) == len(names)
+  activity = report["active_latents"]
+  assert "nats" in activity["criterion"] and len(activity["information_bound_nats"]) == 6
+  assert report["active_units"] == len(activity["active_latents"])
+  assert (tmp_path / "report" / "traversals.png").exists()
