@@ -39,9 +39,9 @@ def parse_variant(text: str, trees: dict[str, str]):
 
 def run(tree: str, env: dict, args: list[str], bench_args: list[str]) -> dict:
   command = [sys.executable, "benchmarks/bench_train.py", *bench_args, *args]
-  done = subprocess.run(
-    command, cwd=tree, env={**os.environ, **env}, capture_output=True, text=True, check=False
-  )
+  # The tree's own package first: an editable install would otherwise import the other one.
+  env = {**os.environ, "PYTHONPATH": tree, **env}
+  done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False)
   if done.returncode:
     raise SystemExit(f"{command} in {tree} failed:\n{done.stderr[-2000:]}")
   rows = {}
