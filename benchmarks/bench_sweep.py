@@ -28,6 +28,7 @@ import jax
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import common  # noqa: E402
 
+from disentangle_jax.models.registry import CONV_IMPLS  # noqa: E402
 from disentangle_jax import data  # noqa: E402
 from disentangle_jax.data import on_device  # noqa: E402
 from disentangle_jax.training import multi_model  # noqa: E402
@@ -131,7 +132,7 @@ def main():
   parser.add_argument("--archs", nargs="+", default=["mlp", "conv"])
   parser.add_argument("--models", nargs="+", type=int, default=[4, 16])
   parser.add_argument("--methods", nargs="+", default=["map", "vmap"])
-  parser.add_argument("--conv-impl", default="flax", choices=["flax", "onednn"])
+  parser.add_argument("--conv-impl", default="flax", choices=CONV_IMPLS)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--max-seconds", type=float, default=60.0, help="per measurement")
   parser.add_argument("--data-only", action="store_true")

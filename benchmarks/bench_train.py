@@ -24,6 +24,7 @@ import jax
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import common  # noqa: E402
 
+from disentangle_jax.models.registry import CONV_IMPLS  # noqa: E402
 from disentangle_jax import data  # noqa: E402
 from disentangle_jax.training import host_memory, train_and_evaluate  # noqa: E402
 from disentangle_jax.training.train_step import build_trainer, jit_train_step  # noqa: E402
@@ -65,7 +66,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--archs", nargs="+", default=["mlp", "conv"])
   parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256, 2048])
-  parser.add_argument("--conv-impl", default="flax", choices=["flax", "onednn"])
+  parser.add_argument("--conv-impl", default="flax", choices=CONV_IMPLS)
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--max-seconds", type=float, default=30.0, help="per measurement")
   parser.add_argument("--loop-steps", type=int, default=0, help="0: no loop measurement")

@@ -1,5 +1,7 @@
 """Flax models: encoders, decoders and FactorVAE's discriminator."""
 
+from disentangle_jax.models import layers as layers
+from disentangle_jax.models import registry as registry
 from disentangle_jax.models.decoders import ConvDecoder as ConvDecoder
 from disentangle_jax.models.decoders import MLPDecoder as MLPDecoder
 from disentangle_jax.models.discriminator import FactorVAEDiscriminator as FactorVAEDiscriminator

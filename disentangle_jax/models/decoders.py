@@ -8,6 +8,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from disentangle_jax.models import layers
+
 
 def _check_code(code: jax.Array) -> None:
   if code.ndim != 2:
@@ -59,8 +61,9 @@ class ConvDecoder(nn.Module):
 
   Attributes:
     output_shape: (64, 64, C); only the channel count is free.
-    conv_transpose: the transposed convolution layer class, `nn.ConvTranspose` or a drop-in
-      with its parameters (e.g. `disentangle_jax.cpu_conv.ConvTranspose`).
+    conv_transpose: the transposed convolution layer class: `layers.ConvTranspose` (default),
+      `nn.ConvTranspose` or another drop-in with their parameters (e.g.
+      `disentangle_jax.cpu_conv.ConvTranspose`).
 
   References:
     Locatello et al., `Challenging Common Assumptions in the Unsupervised Learning of
@@ -68,7 +71,7 @@ class ConvDecoder(nn.Module):
   """
 
   output_shape: tuple[int, int, int] = (64, 64, 1)
-  conv_transpose: Any = nn.ConvTranspose
+  conv_transpose: Any = layers.ConvTranspose
 
   @nn.compact
   def __call__(self, code: jax.Array) -> jax.Array:

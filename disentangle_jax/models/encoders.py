@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from disentangle_jax.models import layers
+
 
 class EncoderOutput(NamedTuple):
   """Posterior parameters from an encoder.
@@ -100,8 +102,8 @@ class ConvEncoder(nn.Module):
     latent_dim: K, the number of continuous (Gaussian) latents.
     categorical_sizes: K_i, the number of categories of each categorical latent.
     kernel_sizes: the four convolutions' kernel sizes.
-    conv: the convolution layer class, `nn.Conv` or a drop-in with its parameters (e.g.
-      `disentangle_jax.cpu_conv.Conv`, oneDNN's kernels on CPU).
+    conv: the convolution layer class: `layers.Conv` (default), `nn.Conv` or another drop-in
+      with their parameters (e.g. `disentangle_jax.cpu_conv.Conv`, oneDNN's kernels on CPU).
 
   References:
     Locatello et al., `Challenging Common Assumptions in the Unsupervised Learning of
@@ -113,7 +115,7 @@ class ConvEncoder(nn.Module):
   latent_dim: int
   categorical_sizes: tuple[int, ...] = ()
   kernel_sizes: tuple[int, int, int, int] = (4, 4, 2, 2)
-  conv: Any = nn.Conv
+  conv: Any = layers.Conv
 
   @nn.compact
   def __call__(self, x: jax.Array) -> EncoderOutput:

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from disentangle_jax.models import layers
 from disentangle_jax.models.decoders import ConvDecoder, MLPDecoder
 from disentangle_jax.models.encoders import ConvEncoder, MLPEncoder
 
@@ -19,13 +20,16 @@ ENCODERS = {
   "conv_k4": functools.partial(ConvEncoder, kernel_sizes=(4, 4, 4, 4)),
 }
 DECODERS = {"mlp": MLPDecoder, "conv": ConvDecoder}
-# How the conv nets' convolutions run: Flax's layers (default, any backend) or oneDNN's
-# kernels on CPU (`disentangle_jax.cpu_conv`, opt-in: pip install -e ".[cpu-conv]").
-CONV_IMPLS = ("flax", "onednn")
+# How the conv nets' convolutions run: "flax" (default, any backend) are Flax layers whose
+# stride-2 convolutions run as stride-1 ones (`models/layers.py`: XLA:CPU is slow on the dilated
+# convolutions of their gradients); "linen" are flax.linen's nn.Conv / nn.ConvTranspose as they
+# are (same parameters and outputs); "onednn" runs oneDNN's kernels on CPU
+# (`disentangle_jax.cpu_conv`, opt-in: pip install -e ".[cpu-conv]").
+CONV_IMPLS = ("flax", "linen", "onednn")
 
 
 def conv_layers(conv_impl: str) -> tuple[Any, Any]:
-  """(convolution class, transposed convolution class) of `conv_impl` ("flax" or "onednn").
+  """(convolution class, transposed convolution class) of `conv_impl` (one of `CONV_IMPLS`).
 
   Raises:
     ValueError: for an unknown name.
@@ -33,6 +37,8 @@ def conv_layers(conv_impl: str) -> tuple[Any, Any]:
       loaded (the message says why).
   """
   if conv_impl == "flax":
+    return layers.Conv, layers.ConvTranspose
+  if conv_impl == "linen":
     return nn.Conv, nn.ConvTranspose
   if conv_impl == "onednn":
     from disentangle_jax import cpu_conv  # opt-in: its kernels build with g++ on first use

@@ -95,8 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.encoder = "mlp"  # mlp | conv | conv_k4
   config.model.decoder = "mlp"  # mlp | conv
-  # How the conv nets' convolutions run: "flax" (any backend) or "onednn" (CPU, opt-in:
-  # pip install -e ".[cpu-conv]"; disentangle_jax/cpu_conv).
+  # How the conv nets' convolutions run: "flax" (any backend; stride-2 layers as stride-1
+  # matrix products, models/layers.py), "linen" (nn.Conv / nn.ConvTranspose as they are) or
+  # "onednn" (CPU, opt-in: pip install -e ".[cpu-conv]"; disentangle_jax/cpu_conv).
   config.model.conv_impl = "flax"
   config.model.latent_dim = 10
   # Widths of the MLP nets' hidden layers (Chen et al.: 1200, 1200 / 1200, 1200, 1200).

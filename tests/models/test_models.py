@@ -244,15 +244,18 @@ def test_vmap_over_seeds(network):
 
 
 @pytest.mark.parametrize("network", ["conv_encoder", "conv_decoder"])
-def test_vmapped_conv_net_is_one_batched_program(network):
-  """The default conv nets vmap into batched convolutions, not a loop over the models: the
-  jaxpr of the vmapped apply holds no loop and no custom call, only `conv_general_dilated`s
-  whose kernels carry the model axis (as feature groups)."""
+@pytest.mark.parametrize("conv_impl, op", [("flax", "dot_general"), ("linen", "conv_general_dilated")])
+def test_vmapped_conv_net_is_one_batched_program(network, conv_impl, op):
+  """The conv nets vmap into batched operations, not a loop over the models: the jaxpr of the
+  vmapped apply holds no loop and no custom call; the default layers' products (dot_general)
+  or linen's convolutions carry the model axis."""
   module, x = NETWORKS[network]()
+  convs = models.registry.conv_layers(conv_impl)
+  module = module.clone(**({"conv": convs[0]} if "encoder" in network else {"conv_transpose": convs[1]}))
   stacked = jax.vmap(module.init, in_axes=(0, None))(jax.random.split(jax.random.key(0), 3), x)
   jaxpr = jax.make_jaxpr(jax.vmap(module.apply, in_axes=(0, None)))(stacked, x)
   primitives = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
-  assert "conv_general_dilated" in primitives
+  assert op in primitives
   assert not primitives & {"while", "scan", "ffi_call", "custom_vjp_call", "pure_callback"}
 
 
@@ -348,17 +351,21 @@ def test_unknown_name_lists_valid_names(make, kwargs, valid):
 
 def test_names_pick_modules():
   """Names map to the documented modules; conv_k4 uses k4 for all four convolutions; the
-  default conv layers are Flax's own."""
+  default conv layers are models.layers', "linen" picks flax.linen's."""
   assert isinstance(models.make_encoder("mlp", latent_dim=K), models.MLPEncoder)
   decoder = models.make_decoder("conv", output_shape=(64, 64, 1))
-  assert isinstance(decoder, models.ConvDecoder) and decoder.conv_transpose is nn.ConvTranspose
+  assert isinstance(decoder, models.ConvDecoder)
+  assert decoder.conv_transpose is models.layers.ConvTranspose
   encoder = models.make_encoder("conv", latent_dim=K)
-  assert encoder.kernel_sizes == (4, 4, 2, 2) and encoder.conv is nn.Conv
+  assert encoder.kernel_sizes == (4, 4, 2, 2) and encoder.conv is models.layers.Conv
+  linen = models.make_encoder("conv", latent_dim=K, conv_impl="linen")
+  assert linen.conv is nn.Conv
+  assert models.make_decoder("conv", output_shape=(64, 64, 1), conv_impl="linen").conv_transpose is nn.ConvTranspose
   assert models.make_encoder("conv_k4", latent_dim=K).kernel_sizes == (4, 4, 4, 4)
 
 
 def test_unknown_conv_impl_is_an_error():
-  with pytest.raises(ValueError, match="Unknown conv_impl 'cudnn'; valid: flax, onednn"):
+  with pytest.raises(ValueError, match="Unknown conv_impl 'cudnn'; valid: flax, linen, onednn"):
     models.make_encoder("conv", latent_dim=K, conv_impl="cudnn")
 
 

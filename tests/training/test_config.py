@@ -99,7 +99,7 @@ BAD_VALUES = [
   ("model.temperature", 0.0, "model.temperature must be > 0; got 0.0"),
   ("model.categorical_sizes", (3, 1), "model.categorical_sizes must be ints >= 2; got (3, 1)"),
   ("model.encoder", "resnet", "Unknown model.encoder 'resnet'; valid: mlp, conv, conv_k4"),
-  ("model.conv_impl", "cudnn", "Unknown model.conv_impl 'cudnn'; valid: flax, onednn"),
+  ("model.conv_impl", "cudnn", "Unknown model.conv_impl 'cudnn'; valid: flax, linen, onednn"),
   ("likelihood", "poisson", "Unknown likelihood 'poisson'; valid: bernoulli, gaussian"),
   ("objective.name", "beta_tc_vae", "Unknown objective.name 'beta_tc_vae'"),
   ("prior.name", "laplace", "Unknown prior.name 'laplace'; valid: normal, lp_nested"),
