@@ -66,7 +66,10 @@ def test_no_bias_matches_flax():
   """use_bias=False creates no bias and computes kernel products only, as Flax does."""
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
   for ours, reference in PAIRS.values():
-    a, b = ours(4, (4, 4), strides=2, use_bias=False), reference(4, (4, 4), strides=2, use_bias=False)
+    a, b = (
+      ours(4, (4, 4), strides=2, use_bias=False),
+      reference(4, (4, 4), strides=2, use_bias=False),
+    )
     params = b.init(jax.random.key(1), x)
     assert "bias" not in params["params"]
     np.testing.assert_allclose(a.apply(params, x), b.apply(params, x), rtol=1e-5, atol=1e-5)

@@ -244,14 +244,18 @@ def test_vmap_over_seeds(network):
 
 
 @pytest.mark.parametrize("network", ["conv_encoder", "conv_decoder"])
-@pytest.mark.parametrize("conv_impl, op", [("flax", "dot_general"), ("linen", "conv_general_dilated")])
+@pytest.mark.parametrize(
+  "conv_impl, op", [("flax", "dot_general"), ("linen", "conv_general_dilated")]
+)
 def test_vmapped_conv_net_is_one_batched_program(network, conv_impl, op):
   """The conv nets vmap into batched operations, not a loop over the models: the jaxpr of the
   vmapped apply holds no loop and no custom call; the default layers' products (dot_general)
   or linen's convolutions carry the model axis."""
   module, x = NETWORKS[network]()
   convs = models.registry.conv_layers(conv_impl)
-  module = module.clone(**({"conv": convs[0]} if "encoder" in network else {"conv_transpose": convs[1]}))
+  module = module.clone(
+    **({"conv": convs[0]} if "encoder" in network else {"conv_transpose": convs[1]})
+  )
   stacked = jax.vmap(module.init, in_axes=(0, None))(jax.random.split(jax.random.key(0), 3), x)
   jaxpr = jax.make_jaxpr(jax.vmap(module.apply, in_axes=(0, None)))(stacked, x)
   primitives = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
@@ -360,7 +364,10 @@ def test_names_pick_modules():
   assert encoder.kernel_sizes == (4, 4, 2, 2) and encoder.conv is models.layers.Conv
   linen = models.make_encoder("conv", latent_dim=K, conv_impl="linen")
   assert linen.conv is nn.Conv
-  assert models.make_decoder("conv", output_shape=(64, 64, 1), conv_impl="linen").conv_transpose is nn.ConvTranspose
+  assert (
+    models.make_decoder("conv", output_shape=(64, 64, 1), conv_impl="linen").conv_transpose
+    is nn.ConvTranspose
+  )
   assert models.make_encoder("conv_k4", latent_dim=K).kernel_sizes == (4, 4, 4, 4)
 
 
