@@ -28,9 +28,9 @@ import jax
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import common  # noqa: E402
 
-from disentangle_jax.models.registry import CONV_IMPLS  # noqa: E402
 from disentangle_jax import data  # noqa: E402
 from disentangle_jax.data import on_device  # noqa: E402
+from disentangle_jax.models.registry import CONV_IMPLS  # noqa: E402
 from disentangle_jax.training import multi_model  # noqa: E402
 from disentangle_jax.training.train_step import build_trainer, jit_train_step  # noqa: E402
 
