@@ -10,7 +10,7 @@ report: `training.report.write_report` end to end (encoding, decomposition, ever
   is another checkout (e.g. `git worktree add /tmp/metrics_before <commit>`), so today's and the
   old figure come from one invocation. A metric's cost depends on the data sizes, not on what
   the code means.
-dci: the four codes of docs/notes/metrics.md (good, rotated, partial, noise; 5 factor latents
+dci: the four codes of docs/benchmarks.md (good, rotated, partial, noise; 5 factor latents
   plus 5 noise latents on dSprites' factor sizes, 10,000 / 5,000 points): "hist" timed, and its
   scores against "gbt" (disentanglement_lib's booster, about 15 minutes per code on a loaded
   2-core machine; cached in --gbt-cache when given).

@@ -404,7 +404,7 @@ def compute_dci(
   Both boosters fit one tree per class and stage (100 stages; 40 classes for dSprites'
   orientation). "gbt", disentanglement_lib's exact booster, takes minutes per factor at 10,000
   points; "hist" seconds, multi-threaded, with scores within 0.02 of "gbt"'s on the codes of
-  docs/notes/metrics.md. Each factor's time is logged (absl.logging.info).
+  docs/benchmarks.md. Each factor's time is logged (absl.logging.info).
 
   Args:
     dataset: the ground-truth dataset.

@@ -280,7 +280,7 @@ def test_stack_scores_equal_each_model_alone():
 
 def dsprites_like_codes(kind, factors, rng):
   """[N, 10] codes on dSprites' factor sizes: 5 latents by kind, then 5 noise latents (the codes
-  of benchmarks/bench_metrics.py dci and docs/notes/metrics.md)."""
+  of benchmarks/bench_metrics.py dci and docs/benchmarks.md)."""
   x = factors / (np.array(DSPRITES_SIZES) - 1.0)
   n = len(x)
   if kind == "good":
