@@ -38,7 +38,7 @@ def evaluate(
   Returns (nats, averaged over the examples): "log_likelihood" E_q[log p(x|z)] with one z per
   image (the ISA-VAE paper's reconstruction measure), "kl" to the prior, "elbo", the
   whole-sample ELBO decomposition "mi", "tc", "dwkl" (their sum is the KL), and
-  "active_units", the number of latents that carry more than 0.01 nats about x (an upper bound,
+  "active_units", the number of latents that carry more than 0.5 nats about x (an upper bound,
   `metrics.active_latents`; the report applies the same criterion to the whole dataset).
 
   Raises:

@@ -173,7 +173,7 @@ def write_report(
   encoded = metrics.encode_all(dataset, encode_fn, np.random.default_rng(config.seed))
   mean, log_var = encoded.mean, encoded.log_var
   summary["decomposition"] = whole_dataset_decomposition(config, networks, params, mean, log_var)
-  # Active latents: an upper bound on the information a latent carries about x, > 0.01 nats.
+  # Active latents: an upper bound on the information a latent carries about x, > 0.5 nats.
   activity = metrics.active_latents(mean, log_var)
   summary["active_latents"] = {k: np.asarray(v).tolist() for k, v in activity.items()}
   summary["active_units"] = int(activity["num_active"])

@@ -198,23 +198,42 @@ def test_active_latents_ignore_dead_latents_that_old_criteria_count():
   # Latents 0-1 encode factors (posterior std 0.05). Latents 2-3 are dead as the brief describes
   # them: mean N(0, 0.015) noise, log_var 0: Var[mean] = 0.015 > 0.01 counts them under Burda et
   # al.'s criterion, yet they carry at most 0.5 log(1.015) = 0.0074 nats. Latent 4 is dead under
-  # an ISA prior's N(0, 1/2) marginal: 0.1 nats of KL to N(0, 1), no information.
+  # an ISA prior's N(0, 1/2) marginal: 0.1 nats of KL to N(0, 1), no information. Latent 5 is a
+  # nearly dead latent as trained models leave them (the means wander by 0.6 posterior std:
+  # 0.5 log(1 + 0.36) = 0.15 nats), latent 6 a weakly informative one (means over 2 posterior
+  # std: 0.5 log 5 = 0.80 nats).
   rng = np.random.default_rng(0)
   n = 20_000
   factors = rng.integers(0, 10, (n, 2)) / 9.0
   mean = np.concatenate(
-    [factors, np.sqrt(0.015) * rng.standard_normal((n, 2)), np.zeros((n, 1))], axis=1
+    [
+      factors,
+      np.sqrt(0.015) * rng.standard_normal((n, 2)),
+      np.zeros((n, 1)),
+      0.6 * rng.standard_normal((n, 1)),
+      2.0 * rng.standard_normal((n, 1)),
+    ],
+    axis=1,
   )
   log_var = np.concatenate(
-    [np.full((n, 2), np.log(0.05**2)), np.zeros((n, 2)), np.full((n, 1), np.log(0.5))], axis=1
+    [
+      np.full((n, 2), np.log(0.05**2)),
+      np.zeros((n, 2)),
+      np.full((n, 1), np.log(0.5)),
+      np.zeros((n, 2)),
+    ],
+    axis=1,
   )
   out = activity.active_latents(mean, log_var)
-  assert out["active_latents"] == [0, 1]
-  assert out["num_active"] == 2
-  assert np.sum(np.array(out["variance_of_means"]) > 0.01) == 4  # the old report's count
+  assert out["active_latents"] == [0, 1, 6]
+  assert out["num_active"] == 3
+  np.testing.assert_allclose(
+    out["information_bound_nats"][5:], 0.5 * np.log([1.36, 5.0]), atol=0.01
+  )
+  assert np.sum(np.array(out["variance_of_means"]) > 0.01) == 6  # the old report's count
   assert out["kl_to_standard_normal"][4] > 0.09
   np.testing.assert_allclose(out["information_bound_nats"][2:4], 0.5 * np.log(1.015), atol=4e-4)
-  assert "0.01 nats" in out["criterion"]
+  assert "0.5 nats" in out["criterion"]
 
 
 def test_information_bound_is_exact_for_gaussian_means_and_bounds_the_chen_estimate():
