@@ -31,7 +31,7 @@ def tradeoff(
   log_likelihood: Sequence[float],
   mig: Sequence[float],
   *,
-  knob_name: str = "beta",
+  knob_name: str | None = "beta",
   mig_name: str = "MIG (Chen et al.)",
 ) -> Figure:
   """MIG against reconstruction log-likelihood, one point per model, medians per knob joined.
@@ -46,7 +46,8 @@ def tradeoff(
     knob: [M] the swept hyperparameter of each model.
     log_likelihood: [M] E_q[log p(x|z)] in nats (higher is better).
     mig: [M] MIG of each model.
-    knob_name, mig_name: axis and label names.
+    knob_name, mig_name: axis and label names; knob_name None for a sweep with no knob but
+      seeds (one median per method, unlabelled).
 
   Returns:
     A figure with one axes.
@@ -63,12 +64,12 @@ def tradeoff(
     med_mig = [np.nanmedian(mig[index][knob[index] == v]) for v in values]
     ax.plot(med_ll, med_mig, "-", color=color, marker=_MARKERS[i % 8], ms=7, label=method)
     for v, x, y in zip(values, med_ll, med_mig, strict=True):
-      ax.annotate(f"{v:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+      if knob_name is not None:
+        ax.annotate(f"{v:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
   ax.set_xlabel("reconstruction log-likelihood E_q[log p(x|z)] (nats)")
   ax.set_ylabel(mig_name)
-  ax.set_title(
-    f"Disentanglement against reconstruction (points: models; line: medians per {knob_name})"
-  )
+  medians = f"medians per {knob_name}, joined" if knob_name else "large: median per method"
+  ax.set_title(f"{mig_name} against reconstruction\n(small: models; {medians})", fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return fig
@@ -79,7 +80,7 @@ def mig_distribution(
   knob: Sequence[float],
   mig: Sequence[float],
   *,
-  knob_name: str = "beta",
+  knob_name: str | None = "beta",
   mig_name: str = "MIG (Chen et al.)",
 ) -> Figure:
   """The spread of MIG over seeds, per method and knob value: a box per group, seeds as dots.
@@ -90,6 +91,8 @@ def mig_distribution(
     methods: [M] method name of each model.
     knob: [M] the swept hyperparameter of each model.
     mig: [M] MIG of each model.
+    knob_name, mig_name: axis and label names; knob_name None for a sweep with no knob (one
+      box per method).
 
   Returns:
     A figure with one axes.
@@ -119,10 +122,14 @@ def mig_distribution(
       jitter = rng.uniform(-0.2, 0.2, len(points)) * width
       ax.scatter(x + jitter, points, s=10, color=f"C{i}", zorder=3)
     ax.plot([], [], "s", color=f"C{i}", label=method)
-  ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
-  ax.set_xlabel(knob_name)
+  if knob_name is None:
+    ax.set_xticks([])
+    ax.set_title(f"{mig_name} over seeds, per method", fontsize=10)
+  else:
+    ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
+    ax.set_xlabel(knob_name)
+    ax.set_title(f"{mig_name} over seeds, per method and {knob_name}", fontsize=10)
   ax.set_ylabel(mig_name)
-  ax.set_title(f"{mig_name} over seeds, per method and {knob_name}")
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=8)
   return fig

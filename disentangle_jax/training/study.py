@@ -151,7 +151,7 @@ def write_study(records: Sequence[dict], axes: Sequence[str], study_dir: pathlib
   knobs = [float(r["values"][knob]) if knob else 0.0 for r in live]
   mig = [r["scores"][mig_key] for r in live]
   mig_name = "MIG (Chen et al.)" if mig_key.startswith("mig_chen") else "MIG (disentanglement_lib)"
-  knob_name = knob or "model"
+  knob_name = knob  # None: methods and seeds only
   plots.save_figure(
     study_plots.tradeoff(
       methods,

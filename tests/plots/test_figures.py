@@ -321,3 +321,22 @@ def test_plots_never_import_pyplot():
       if isinstance(node, ast.ImportFrom):
         names.add(node.module or "")
     assert names and not any("pyplot" in name for name in names), module.__name__
+
+
+def test_study_figures_without_a_knob_label_methods_not_a_zero():
+  """A sweep of methods and seeds only (no knob axis) draws one median per method, unlabelled,
+  and one box per method without a '0' tick; with a knob each median carries its value."""
+  from disentangle_jax.plots import study
+
+  methods = ["a", "a", "b", "b"]
+  ll, mig = [-130.0, -128.0, -121.0, -123.0], [0.1, 0.12, 0.08, 0.09]
+  fig = study.tradeoff(methods, [0.0] * 4, ll, mig, knob_name=None)
+  ax = fig.axes[0]
+  assert not ax.texts
+  assert "median per method" in ax.get_title()
+  medians = [line for line in ax.get_lines() if line.get_label() in ("a", "b")]
+  np.testing.assert_allclose(medians[0].get_xydata(), [[-129.0, 0.11]])
+  box = study.mig_distribution(methods, [0.0] * 4, mig, knob_name=None).axes[0]
+  assert [t.get_text() for t in box.get_xticklabels()] == []
+  labelled = study.tradeoff(methods, [1.0, 2.0, 1.0, 2.0], ll, mig, knob_name="beta").axes[0]
+  assert sorted(t.get_text() for t in labelled.texts) == ["1", "1", "2", "2"]
