@@ -24,13 +24,13 @@ import ml_collections
 from ml_collections import config_dict
 
 from disentangle_jax.metrics.suite import parse_metric_names
+from disentangle_jax.models.registry import CONV_IMPLS
 
 OBJECTIVES = ("beta_vae", "annealed_vae", "beta_tcvae", "factor_vae", "dip_vae", "joint_vae")
 PRIORS = ("normal", "lp_nested")
 LIKELIHOODS = ("bernoulli", "gaussian")
 ENCODERS = ("mlp", "conv", "conv_k4")
 DECODERS = ("mlp", "conv")
-CONV_IMPLS = ("flax", "onednn")
 
 
 class ConfigError(ValueError):
